@@ -1,0 +1,158 @@
+r"""Vector fields: attention (plus an optional feed-forward term) on a space.
+
+$$ \dot x_i = P_{x_i}\big( v[\mu](x_i) + f(x_i) \big), \qquad \mu = \sum_j w_j \delta_{x_j}, $$
+
+where $P$ is the tangent projection of the space, $v$ an attention operator and
+$f(x) = W_2 \sigma(W_1 x + b)$ a per-token feed-forward block (Lie-Trotter splitting of a
+transformer block). A flow is called as a diffrax vector field `flow(t, x, args)` with
+`args` the weights (or `None` for uniform).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .attention import AbstractAttention
+from .spaces import AbstractSpace, Euclidean
+
+_ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+    "identity": lambda z: z,
+}
+
+
+class FeedForward(eqx.Module):
+    """Per-token feed-forward block $f(x) = W_2 \\sigma(W_1 x + b)$.
+
+    Args:
+        W1: shape `(m, d)`; b: shape `(m,)`; W2: shape `(d, m)`.
+        activation: one of `"relu"`, `"gelu"`, `"tanh"`, `"identity"`.
+    """
+
+    W1: Float[Array, "m d"]
+    b: Float[Array, " m"]
+    W2: Float[Array, "d m"]
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, W1, b, W2, activation: str = "relu"):
+        W1, b, W2 = jnp.asarray(W1), jnp.asarray(b), jnp.asarray(W2)
+        if W1.ndim != 2:
+            raise ValueError(f"W1 must have shape (m, d); got {W1.shape}")
+        m, d = W1.shape
+        if b.shape != (m,):
+            raise ValueError(f"b must have shape ({m},); got {b.shape}")
+        if W2.shape != (d, m):
+            raise ValueError(f"W2 must have shape ({d}, {m}); got {W2.shape}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(map(repr, _ACTIVATIONS))}; got {activation!r}"
+            )
+        self.W1, self.b, self.W2, self.activation = W1, b, W2, activation
+
+    @classmethod
+    def random(cls, key: PRNGKeyArray, d: int, hidden: int, activation: str = "relu"):
+        """Gaussian weights with variance $1/\\text{fan-in}$, zero bias."""
+        k1, k2 = jax.random.split(key)
+        return cls(
+            jax.random.normal(k1, (hidden, d)) / math.sqrt(d),
+            jnp.zeros(hidden),
+            jax.random.normal(k2, (d, hidden)) / math.sqrt(hidden),
+            activation,
+        )
+
+    def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        return _ACTIVATIONS[self.activation](x @ self.W1.T + self.b) @ self.W2.T
+
+
+class Layered(eqx.Module):
+    r"""Per-layer weights used piecewise-constant in time: layer $l$ acts on
+    $t \in [l h, (l + 1) h)$, $h = T / L$. The flow of a network whose layers do not share
+    weights.
+
+    Args:
+        layers: an attention operator whose array leaves carry a leading layer axis, e.g.
+            built with `eqx.filter_vmap(make_layer)(keys)`.
+        horizon: the time $T$ that the `L` layers span.
+    """
+
+    layers: AbstractAttention
+    horizon: float = eqx.field(static=True)
+    num_layers: int = eqx.field(static=True)
+
+    def __init__(self, layers: AbstractAttention, horizon: float):
+        sizes = {a.shape[0] for a in jax.tree_util.tree_leaves(eqx.filter(layers, eqx.is_array))}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"every array of layers needs the same leading layer axis; got {sizes}"
+            )
+        if not horizon > 0:
+            raise ValueError(f"horizon must be > 0; got {horizon}")
+        self.layers = layers
+        self.horizon = float(horizon)
+        self.num_layers = sizes.pop()
+
+    @property
+    def step(self) -> float:
+        return self.horizon / self.num_layers
+
+    def jump_times(self) -> Float[Array, " L"]:
+        """Interior layer boundaries, where the field jumps."""
+        return self.step * jnp.arange(1, self.num_layers)
+
+    def at(self, t) -> AbstractAttention:
+        index = jnp.clip(jnp.floor(t / self.step).astype(int), 0, self.num_layers - 1)
+        arrays, static = eqx.partition(self.layers, eqx.is_array)
+        return eqx.combine(jax.tree_util.tree_map(lambda a: a[index], arrays), static)
+
+
+class AttentionFlow(eqx.Module):
+    r"""The attention flow $\dot x_i = P_{x_i}(v[\mu](x_i) + f(x_i))$ on a space.
+
+    Args:
+        attention: an attention operator, or `Layered` for time-dependent weights.
+        space: `Euclidean()` (default) or `Sphere()`.
+        feedforward: optional `FeedForward` term added to the velocity.
+
+    Call it as `flow(t, x, weights)`: it plugs straight into `diffrax.ODETerm`.
+    """
+
+    attention: AbstractAttention | Layered
+    space: AbstractSpace = Euclidean()
+    feedforward: FeedForward | None = None
+
+    def attention_at(self, t) -> AbstractAttention:
+        if isinstance(self.attention, Layered):
+            return self.attention.at(t)
+        return self.attention
+
+    def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
+        """Ambient velocity $v[\\mu](x_i) + f(x_i)$ before the tangent projection."""
+        v = self.attention_at(t)(x, weights)
+        if self.feedforward is not None:
+            v = v + self.feedforward(x)
+        return v
+
+    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
+        return self.space.tangent(x, self.velocity(t, x, args))
+
+    def jump_times(self):
+        """Times where the field is discontinuous (layer boundaries), or `None`."""
+        if isinstance(self.attention, Layered):
+            return self.attention.jump_times()
+        return None
+
+    def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
+        """Velocity at arbitrary `points` in the field of `cloud` (cross-attention), projected
+        onto the tangent space at each point: for quiver and stream plots."""
+        v = self.attention_at(t).cross(points, cloud, weights)
+        if self.feedforward is not None:
+            v = v + self.feedforward(points)
+        return self.space.tangent(points, v)
