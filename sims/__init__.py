@@ -1,0 +1,16 @@
+"""sims: named, typed experiments on top of `particles`, and the command line.
+
+    python -m sims                      # the default experiment
+    python -m sims list                 # every experiment
+    python -m sims run NAME --help      # its parameters
+
+From Python, `sims.run(config)` runs the same experiment as the command line and returns
+its run directory.
+"""
+
+from ._registry import DEFAULT as DEFAULT
+from ._registry import experiment as experiment
+from ._registry import experiments as experiments
+from ._registry import get as get
+from ._run import RunError as RunError
+from ._run import run as run

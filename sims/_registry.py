@@ -1,0 +1,69 @@
+"""The registry of named experiments.
+
+An experiment is a typed config (a frozen dataclass whose fields are its parameters, each
+with a default and a docstring) plus a function `run(config, directory)` that writes the
+run's files into `directory`. Modules in `sims.experiments` register themselves with the
+`experiment` decorator and are discovered automatically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DEFAULT = "sphere-clustering"
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    config: type
+    run: Callable[[Any, Path], None]
+    summary: str
+
+
+_EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def experiment(name: str, config: type):
+    """Register `fn(config, directory)` as the experiment `name` with config type `config`."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"the config of {name!r} must be a dataclass")
+
+    def register(fn):
+        doc = (config.__doc__ or fn.__doc__ or "").strip().splitlines()
+        _EXPERIMENTS[name] = Experiment(name, config, fn, doc[0] if doc else "")
+        return fn
+
+    return register
+
+
+def _discover() -> None:
+    package = importlib.import_module("sims.experiments")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def experiments() -> dict[str, Experiment]:
+    """All registered experiments, by name."""
+    if not _EXPERIMENTS:
+        _discover()
+    return dict(sorted(_EXPERIMENTS.items()))
+
+
+def get(name: str) -> Experiment:
+    table = experiments()
+    if name not in table:
+        raise KeyError(f"unknown experiment {name!r}; choose from: {', '.join(table)}")
+    return table[name]
+
+
+def for_config(config) -> Experiment:
+    for exp in experiments().values():
+        if type(config) is exp.config:
+            return exp
+    raise TypeError(f"{type(config).__name__} is not the config of a registered experiment")

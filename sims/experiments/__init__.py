@@ -1,0 +1,1 @@
+"""Experiments: each module registers one or more with `sims.experiment`."""
