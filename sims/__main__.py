@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         elif argv[0] == "list":
             import sims
 
-            for exp in sims.experiments().values():
+            for exp in sims.list_experiments().values():
                 print(f"{exp.name:<22} {exp.summary}")
         elif argv[0] == "run":
             if len(argv) < 2 or argv[1].startswith("-"):
