@@ -210,6 +210,7 @@ def animate(
     metrics: Mapping[str, np.ndarray] | None = None,
     colors=None,
     clusters=None,
+    singletons=None,
     cmap: str = "viridis",
     trail: int = 0,
     attention=None,
@@ -247,6 +248,8 @@ def animate(
             through `cmap`; a list of these with one per trajectory.
         clusters: integer labels `(T, n)` (from `particles.analysis.track_clusters`) or
             `(n,)`: colour by cluster, the same colour for a cluster in every frame.
+        singletons: with `clusters`, the colour of tokens alone in their cluster (e.g.
+            `"0.65"`), so that only formed clusters are coloured.
         trail: length in frames of the fading trail behind each token (0: none).
         attention: attention matrices `(T, n, n)` (one per trajectory when several), drawn as
             a heat map, rows and columns ordered by `clusters`.
@@ -285,6 +288,7 @@ def animate(
         metrics=metrics,
         colors=colors,
         clusters=clusters,
+        singletons=singletons,
         cmap=cmap,
         trail=trail,
         attention=attention,

@@ -200,31 +200,45 @@ def _draw_background(ax, geo: Geometry, view) -> None:
 # --------------------------------------------------------------------------- colours
 
 
-def cluster_colors(labels, palette: str = "tab10") -> np.ndarray:
+def cluster_colors(labels, palette: str = "tab10", singletons=None) -> np.ndarray:
     """RGBA colours from cluster labels, one colour per cluster.
 
     `labels (n,)`: clusters ranked by size, largest first, so a cluster's colour does not
     depend on its label value. `labels (T, n)` (from `particles.analysis.track_clusters`):
     one colour per label for the whole trajectory, ranked by size in the last frame (then
-    by label), so a cluster keeps its colour from frame to frame. Returns `(n, 4)` or
-    `(T, n, 4)`. Colours cycle through the palette beyond its length.
+    by label), so a cluster keeps its colour from frame to frame. Colours cycle through the
+    palette beyond its length. `singletons`: a colour for tokens alone in their cluster in
+    that frame (e.g. `"0.65"`, grey), so that only clusters that have formed are coloured.
+
+    Returns `(n, 4)` or `(T, n, 4)`.
     """
     labels = np.asarray(labels)
     if labels.ndim not in (1, 2) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"labels must be integers of shape (n,) or (T, n); got {labels.dtype} {labels.shape}"
         )
-    unique, inverse = np.unique(labels, return_inverse=True)
-    final = labels if labels.ndim == 1 else labels[-1]
-    size = np.bincount(np.searchsorted(unique, final), minlength=len(unique))
+    frames = labels.reshape(-1, labels.shape[-1])
+    unique, inverse = np.unique(frames, return_inverse=True)
+    inverse = inverse.reshape(frames.shape)
+    counts = np.stack([np.bincount(row, minlength=len(unique)) for row in inverse])
+    alone = np.take_along_axis(counts, inverse, axis=1) == 1
+    size = counts[-1].copy()
+    if singletons is not None:
+        # labels never shared by two tokens take no colour of the palette
+        size[counts.max(axis=0) <= 1] = -1
     rank = np.empty(len(unique), int)
     rank[np.lexsort((unique, -size))] = np.arange(len(unique))
     cmap = matplotlib.colormaps[palette]
     table = np.array([cmap(r % cmap.N) for r in range(min(len(unique), cmap.N))])
-    return table[rank[inverse.reshape(labels.shape)] % len(table)]
+    rgba = table[rank[inverse] % len(table)]
+    if singletons is not None:
+        rgba[alone] = matplotlib.colors.to_rgba(singletons)
+    return rgba.reshape(*labels.shape, 4)
 
 
-def _color_frames(colors, clusters, T: int, n: int, cmap: str, name: str) -> Callable:
+def _color_frames(
+    colors, clusters, T: int, n: int, cmap: str, name: str, singletons=None
+) -> Callable:
     """A function `i -> (n, 4)` RGBA of frame `i` from any accepted colour specification:
     None, a colour, `(n, 3|4)` or `(T, n, 3|4)` RGB(A), `(n,)` or `(T, n)` values (mapped
     through `cmap` with one norm for the whole trajectory), or cluster labels `clusters`."""
@@ -234,7 +248,7 @@ def _color_frames(colors, clusters, T: int, n: int, cmap: str, name: str) -> Cal
             raise ValueError(
                 f"clusters must have shape (T, n) = {(T, n)} or (n,); got {clusters.shape}"
             )
-        colors = cluster_colors(clusters)
+        colors = cluster_colors(clusters, singletons=singletons)
     if colors is None:
         colors = "C0"
     if isinstance(colors, str) or (
@@ -481,6 +495,7 @@ class Scene:
         metrics=None,
         colors=None,
         clusters=None,
+        singletons=None,
         cmap="viridis",
         trail=0,
         attention=None,
@@ -532,7 +547,9 @@ class Scene:
         self.cloud_axes = []
         for j, x in enumerate(trajectories):
             ax = fig.add_subplot(cells[j][0])
-            color_of = _color_frames(colors_k[j], clusters_k[j], T, x.shape[1], cmap, "colors")
+            color_of = _color_frames(
+                colors_k[j], clusters_k[j], T, x.shape[1], cmap, "colors", singletons
+            )
             self.panels.append(
                 CloudPanel(ax, x, geo, color_of, view=view, size=point_size, trail=trail)
             )
@@ -631,6 +648,7 @@ def snapshots(
     *,
     colors=None,
     clusters=None,
+    singletons=None,
     cmap: str = "viridis",
     columns: int | None = None,
     time_label: str = "t",
@@ -649,7 +667,7 @@ def snapshots(
     rows = -(-len(indices) // columns)
     fig = fig or plt.figure(figsize=(3 * columns, 3.1 * rows), layout="constrained")
     geo = geometry(x, view=view)
-    color_of = _color_frames(colors, clusters, len(ts), x.shape[1], cmap, "colors")
+    color_of = _color_frames(colors, clusters, len(ts), x.shape[1], cmap, "colors", singletons)
     grid = fig.add_gridspec(rows, columns)
     for k, i in enumerate(indices):
         ax = fig.add_subplot(grid[k // columns, k % columns])
@@ -692,6 +710,7 @@ def summary_figure(
     *,
     colors=None,
     clusters=None,
+    singletons=None,
     title: str = "",
     view=VIEW,
 ) -> Figure:
@@ -701,7 +720,9 @@ def summary_figure(
     cols = max(len(indices), len(metrics))
     fig = plt.figure(figsize=(3.2 * cols, 6.6), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
-    snapshots(ts, xs, indices, colors=colors, clusters=clusters, view=view, fig=top)
+    snapshots(
+        ts, xs, indices, colors=colors, clusters=clusters, singletons=singletons, view=view, fig=top
+    )
     if metrics:
         axes = bottom.subplots(1, len(metrics), squeeze=False)[0]
         metric_curves(ts, metrics, axes=axes)
