@@ -161,6 +161,12 @@ def track_clusters(xs: Float[Array, "T n d"], tol: float = 1e-2) -> Int[Array, "
     xs = jnp.asarray(xs)
     if xs.ndim != 3:
         raise ValueError(f"xs must be a trajectory (T, n, d); got shape {xs.shape}")
+    return _track_clusters(xs, tol)
+
+
+@jax.jit
+def _track_clusters(xs, tol):
+    # jitted once per shape: the eager scan would recompile its body at every call
     n = xs.shape[1]
     comp0 = cluster_labels(xs[0], tol)
     is_rep = comp0 == jnp.arange(n)
