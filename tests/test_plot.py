@@ -370,7 +370,7 @@ def test_sims_animate_and_plot_redraw_a_saved_run(saved_run, capsys):
             2,
             "--quiet",
             "--resolution",
-            "96x64",
+            "192x128",
         )
         == 0
     )
