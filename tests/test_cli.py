@@ -32,7 +32,14 @@ def test_cli_writes_every_file(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     names = {p.name for p in out.iterdir()}
-    assert names == {"config.json", "metrics.json", "trajectory.npz", "figure.png", "animation.mp4"}
+    assert names == {
+        "config.json",
+        "metrics.json",
+        "trajectory.npz",
+        "figure.png",
+        "final_state.png",
+        "animation.mp4",
+    }
     assert f"run directory: {out}" in proc.stdout
     config = json.loads((out / "config.json").read_text())
     assert config["experiment"] == "sphere-clustering"

@@ -15,6 +15,7 @@ import html
 import io
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -104,7 +105,10 @@ def _write_mp4(path: Path, frames, fps: float, crf: int) -> None:
                         "+faststart",
                     ],
                 )
-                writer.send(None)
+                with warnings.catch_warnings():
+                    # JAX warns on any fork; ffmpeg is exec'd at once and never runs JAX code
+                    warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+                    writer.send(None)
             writer.send(frame)
     finally:
         if writer is not None:
