@@ -124,13 +124,13 @@ def time_evaluations(n: int, beta: float, repeats: int, limits) -> dict:
     rows = []
     for _ in range(repeats):
         t_jax, c_jax = _timed_cpu(field, x)
-        t_np = _timed(rhs, 0.0, y)
+        t_np, c_np = _timed_cpu(rhs, 0.0, y)
         t_exp, c_exp = _timed_cpu(exp_loop, ex)
         t_mm, c_mm = _timed_cpu(matmul, mm)
         exp_rate, flop_rate = exps / t_exp, flops / t_mm
         limit = n * n / exp_rate + 4 * n * n * D / flop_rate
         limit_cpu = n * n * c_exp / exps + 4 * n * n * D * c_mm / flops
-        rows.append((t_jax, t_np, limit, exp_rate, flop_rate, c_jax, limit_cpu))
+        rows.append((t_jax, t_np, limit, exp_rate, flop_rate, c_jax, limit_cpu, c_np))
     rows = np.array(rows)
     med = np.median(rows, axis=0)
     return {
@@ -152,11 +152,15 @@ def time_evaluations(n: int, beta: float, repeats: int, limits) -> dict:
         "eval_jax_cpu_s": float(med[5]),
         "limit_cpu_s": float(med[6]),
         "ratio_to_limit_cpu": float(np.median(rows[:, 5] / rows[:, 6])),
+        "eval_numpy_cpu_s": float(med[7]),
+        "speedup_vs_numpy_eval_cpu": float(np.median(rows[:, 7] / rows[:, 5])),
         "eval_rounds": rows.tolist(),
     }
 
 
-def time_solves(n, beta, t1, rtol, atol, repeats, scipy_solve, scipy_nfev_hint, numpy_eval_s):
+def time_solves(
+    n, beta, t1, rtol, atol, repeats, scipy_solve, scipy_nfev_hint, numpy_eval_s, numpy_eval_cpu_s
+):
     x0 = particles.clouds.sphere_uniform(jax.random.key(0), n, D)
     flow = make_flow(beta)
     ts = np.array([0.0, t1], np.float32)
@@ -170,10 +174,12 @@ def time_solves(n, beta, t1, rtol, atol, repeats, scipy_solve, scipy_nfev_hint, 
     sol = solve(x0)
     jax.block_until_ready(sol)
     first_s = time.perf_counter() - start
-    times = [_timed(solve, x0) for _ in range(repeats)]
+    runs = np.array([_timed_cpu(solve, x0) for _ in range(repeats)])
+    times = runs[:, 0].tolist()
     out = {
         "solve_jax_s": float(np.median(times)),
         "solve_jax_runs_s": times,
+        "solve_jax_cpu_s": float(np.median(runs[:, 1])),
         "solve_jax_first_call_s": first_s,
         "steps": int(sol.num_steps),
         "accepted": int(sol.num_accepted),
@@ -183,9 +189,10 @@ def time_solves(n, beta, t1, rtol, atol, repeats, scipy_solve, scipy_nfev_hint, 
     if scipy_solve:
         rhs = numpy_field(beta)
         y0 = np.asarray(x0, np.float64).ravel()
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         ref = solve_ivp(rhs, (0.0, t1), y0, method="RK45", rtol=rtol, atol=atol)
-        out["solve_scipy_s"] = time.perf_counter() - start
+        out["solve_scipy_s"] = time.perf_counter() - wall
+        out["solve_scipy_cpu_s"] = time.process_time() - cpu
         out["scipy_nfev"] = int(ref.nfev)
         out["scipy_steps"] = len(ref.t) - 1
         out["scipy_estimated"] = False
@@ -195,10 +202,12 @@ def time_solves(n, beta, t1, rtol, atol, repeats, scipy_solve, scipy_nfev_hint, 
         # Estimate: NumPy evaluation time times the evaluations SciPy needed at a smaller n
         # (the mean-field dynamics, and so the step count, barely depends on n).
         out["solve_scipy_s"] = numpy_eval_s * scipy_nfev_hint
+        out["solve_scipy_cpu_s"] = numpy_eval_cpu_s * scipy_nfev_hint
         out["scipy_nfev"] = scipy_nfev_hint
         out["scipy_estimated"] = True
     if "solve_scipy_s" in out:
         out["speedup_vs_scipy_solve"] = out["solve_scipy_s"] / out["solve_jax_s"]
+        out["speedup_vs_scipy_solve_cpu"] = out["solve_scipy_cpu_s"] / out["solve_jax_cpu_s"]
     return out
 
 
@@ -265,8 +274,8 @@ def markdown(results: dict) -> str:
         f"{results['date']}, JAX {results['versions']['jax']}.",
         "",
         "| n | eval JAX (ms) | eval NumPy (ms) | limit (ms) | JAX / limit | JAX / limit (CPU time) | "
-        "solve JAX (s) | steps | solve SciPy (s) | SciPy nfev | solve speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "solve JAX (s) | steps | solve SciPy (s) | SciPy nfev | solve speed-up | (CPU time) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["sizes"]:
         scipy_s = r.get("solve_scipy_s")
@@ -276,9 +285,10 @@ def markdown(results: dict) -> str:
             f"{_ms(r['limit_s'])} | {r['ratio_to_limit']:.2f} | {r['ratio_to_limit_cpu']:.2f} | "
             + (f"{r['solve_jax_s']:.3g} | {r['steps']} | " if "solve_jax_s" in r else "- | - | ")
             + (
-                f"{est}{scipy_s:.3g} | {est}{r['scipy_nfev']} | {est}{r['speedup_vs_scipy_solve']:.0f}x |"
+                f"{est}{scipy_s:.3g} | {est}{r['scipy_nfev']} | {est}{r['speedup_vs_scipy_solve']:.0f}x | "
+                f"{est}{r['speedup_vs_scipy_solve_cpu']:.0f}x |"
                 if scipy_s is not None
-                else "- | - | - |"
+                else "- | - | - | - |"
             )
         )
     lines.append("")
@@ -357,6 +367,7 @@ def main(argv=None):
                     scipy_solve,
                     nfev_hint,
                     row["eval_numpy_s"],
+                    row["eval_numpy_cpu_s"],
                 )
             )
             if scipy_solve:
