@@ -46,12 +46,13 @@ def _logits(kernel: str, beta, qf, kf, key_bias):
     `kf` (m, k), with the per-key offset `key_bias` (m,)."""
     if qf.shape[-1] <= _UNROLL_FEATURES:
         if kernel == "dot":
-            # beta scales the b queries rather than the b * m logits
+            # beta scales the b queries rather than the b * m logits; the bias is added
+            # last, as in the matmul form, so large logits round the same way
             qs = beta * qf
-            s = key_bias + qs[:, :1] * kf[:, 0]
+            s = qs[:, :1] * kf[:, 0]
             for f in range(1, qf.shape[-1]):
                 s = s + qs[:, f : f + 1] * kf[:, f]
-            return s
+            return s + key_bias
         sq = (qf[:, :1] - kf[:, 0]) ** 2
         for f in range(1, qf.shape[-1]):
             sq = sq + (qf[:, f : f + 1] - kf[:, f]) ** 2
