@@ -32,54 +32,84 @@ from ._checks import check_choice, check_cloud, check_matrix, check_positive, ch
 KERNELS = ("dot", "l2")
 NORMALIZATIONS = ("softmax", "unnormalized", "sinkhorn")
 
-# Below this many query-key pairs the whole logit matrix is built at once; above it, queries
-# are processed in blocks of about this many pairs (16 MiB of float32 per block).
-_DIRECT_PAIRS = 1 << 22
+# Queries are processed in blocks of about this many query-key pairs. XLA usually fuses the
+# logits, the exponential and the product with the values into one loop nest that never
+# writes a logit tile to memory; the block bounds the tile (16 MiB of float32) when it does.
+_BLOCK_PAIRS = 1 << 22
+# Up to this many features, logits are written as an explicit sum over features: it fuses with
+# the exponential that follows, where a matmul would materialise the logit tile.
+_UNROLL_FEATURES = 8
 
 
-def _logits(kernel: str, beta, qf, kf):
-    """Logits $\\log k$ between query features `qf` (b, k) and key features `kf` (m, k)."""
-    dots = qf @ kf.T
+def _logits(kernel: str, beta, qf, kf, key_bias):
+    r"""Logits $\log k(q_i, k_j) + b_j$ between query features `qf` (b, k) and key features
+    `kf` (m, k), with the per-key offset `key_bias` (m,)."""
+    if qf.shape[-1] <= _UNROLL_FEATURES:
+        if kernel == "dot":
+            # beta scales the b queries rather than the b * m logits; the bias is added
+            # last, as in the matmul form, so large logits round the same way
+            qs = beta * qf
+            s = qs[:, :1] * kf[:, 0]
+            for f in range(1, qf.shape[-1]):
+                s = s + qs[:, f : f + 1] * kf[:, f]
+            return s + key_bias
+        sq = (qf[:, :1] - kf[:, 0]) ** 2
+        for f in range(1, qf.shape[-1]):
+            sq = sq + (qf[:, f : f + 1] - kf[:, f]) ** 2
+        return key_bias - 0.5 * beta * sq
     if kernel == "dot":
-        return beta * dots
+        return (beta * qf) @ kf.T + key_bias
     # |q - k|^2 expanded so no (b, m, k) array is formed; the cancellation error is
     # O(eps |q|^2), far below the spread of the logits that softmax distinguishes.
+    dots = qf @ kf.T
     sq = jnp.sum(qf**2, axis=-1)[:, None] + jnp.sum(kf**2, axis=-1)[None, :] - 2 * dots
-    return -0.5 * beta * jnp.maximum(sq, 0)
+    return key_bias - 0.5 * beta * jnp.maximum(sq, 0)
 
 
 def _reduce_rows(op, kernel, beta, qf, kf, key_bias, values, *, causal, block):
-    """Reduce each row of the logit matrix `s_ij + key_bias_j` without forming all rows.
+    r"""Reduce each row of the logit matrix `s_ij + key_bias_j` without forming all rows.
 
-    op: "softmax" gives $\\sum_j \\mathrm{softmax}_j(s_{ij}) v_j$; "sum" gives
-    $\\sum_j e^{s_{ij}} v_j$; "lse" gives $\\log \\sum_j e^{s_{ij}}$. With `causal`, row `i`
+    op: "softmax" gives $\sum_j \mathrm{softmax}_j(s_{ij}) v_j$; "sum" gives
+    $\sum_j e^{s_{ij}} v_j$; "lse" gives $\log \sum_j e^{s_{ij}}$. With `causal`, row `i`
     only sees columns `j <= i`.
     """
     nq, nk = qf.shape[0], kf.shape[0]
+    if op == "softmax":
+        # A column of ones makes the softmax denominator part of the same product, so the
+        # weights p_ij are consumed once (and stay in the fused loop) instead of twice.
+        values = jnp.concatenate([values, jnp.ones((nk, 1), values.dtype)], axis=1)
 
     def rows(q, idx):
-        s = _logits(kernel, beta, q, kf) + key_bias
+        s = _logits(kernel, beta, q, kf, key_bias)
         if causal:
             s = jnp.where(jnp.arange(nk)[None, :] <= idx[:, None], s, -jnp.inf)
-        if op == "lse":
-            return jax.nn.logsumexp(s, axis=-1)
         if op == "sum":
             return jnp.exp(s) @ values
         top = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
-        top = jnp.where(jnp.isfinite(top), top, 0)
+        # A row that sees no key has top = -inf; any finite shift keeps its p_ij = 0. A
+        # maximum (not a where on isfinite) keeps the row computation a single fusion.
+        top = jnp.maximum(top, jnp.finfo(s.dtype).min)
         p = jnp.exp(s - top)
-        total = jnp.sum(p, axis=-1, keepdims=True)
+        if op == "lse":
+            return jnp.log(jnp.sum(p, axis=-1)) + top[:, 0]
+        out = p @ values
+        total = out[:, -1:]
         # A row that sees no mass (all its weights zero) moves with velocity zero.
-        return (p @ values) / jnp.where(total > 0, total, 1)
+        return out[:, :-1] / jnp.where(total > 0, total, 1)
 
     idx = jnp.arange(nq)
     if block is None:
-        block = max(1, _DIRECT_PAIRS // max(nk, 1))
+        block = max(1, _BLOCK_PAIRS // max(nk, 1))
     if nq <= block:
         return rows(qf, idx)
-    # lax.map with batch_size runs `rows` on (block, m) tiles; the remainder is handled
-    # by lax.map itself.
-    return jax.lax.map(lambda a: rows(a[0][None], a[1][None])[0], (qf, idx), batch_size=block)
+    # Whole blocks run under lax.map on (block, m) tiles; the remainder is one smaller tile.
+    full = nq - nq % block
+    tiles = (qf[:full].reshape(-1, block, qf.shape[1]), idx[:full].reshape(-1, block))
+    out = jax.lax.map(lambda a: rows(*a), tiles)
+    out = out.reshape((full,) + out.shape[2:])
+    if full < nq:
+        out = jnp.concatenate([out, rows(qf[full:], idx[full:])])
+    return out
 
 
 def _log_weights(weights, n, dtype):
