@@ -58,16 +58,19 @@ def make_flow(beta: float) -> particles.AttentionFlow:
     )
 
 
-def numpy_field(beta: float, block_pairs: int = 1 << 22):
-    """The same vector field in plain NumPy (float32), as a `solve_ivp` right-hand side.
+def numpy_field(beta: float, block_pairs: int = 1 << 22, dtype=np.float32):
+    """The same vector field in plain NumPy, as a `solve_ivp` right-hand side.
+
+    `dtype` float32 matches the JAX precision (the stricter baseline); float64 is what a
+    plain script computes, since `solve_ivp` hands the right-hand side float64 arrays.
 
     Rows are done in blocks of about `block_pairs` query-key pairs so that large clouds fit
     in memory. Uniform weights add $-\\log n$ to every logit, which softmax cancels.
     """
-    beta = np.float32(beta)
+    beta = dtype(beta)
 
     def rhs(t, y):
-        x = y.reshape(-1, D).astype(np.float32)
+        x = y.reshape(-1, D).astype(dtype)
         n = x.shape[0]
         v = np.empty_like(x)
         step = max(1, block_pairs // n)
@@ -106,7 +109,7 @@ def _timed_cpu(f, *args):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_evaluations(n: int, beta: float, repeats: int, limits) -> dict:
+def time_evaluations(n: int, beta: float, repeats: int, limits, numpy_dtype=np.float32) -> dict:
     """Interleaved rounds of: JAX field, NumPy field, exp kernel, matmul kernel."""
     x = particles.clouds.sphere_uniform(jax.random.key(0), n, D)
     flow = make_flow(beta)
@@ -114,7 +117,7 @@ def time_evaluations(n: int, beta: float, repeats: int, limits) -> dict:
     field = jax.jit(lambda x: flow(0.0, x, None)).lower(x).compile()
     jax.block_until_ready(field(x))
     compile_s = time.perf_counter() - start
-    rhs = numpy_field(beta)
+    rhs = numpy_field(beta, dtype=numpy_dtype)
     y = np.asarray(x, np.float64).ravel()
     # NumPy and JAX compute the same field.
     err = np.max(np.abs(rhs(0.0, y).reshape(n, D) - np.asarray(field(x))))
@@ -159,7 +162,17 @@ def time_evaluations(n: int, beta: float, repeats: int, limits) -> dict:
 
 
 def time_solves(
-    n, beta, t1, rtol, atol, repeats, scipy_solve, scipy_nfev_hint, numpy_eval_s, numpy_eval_cpu_s
+    n,
+    beta,
+    t1,
+    rtol,
+    atol,
+    repeats,
+    scipy_solve,
+    scipy_nfev_hint,
+    numpy_eval_s,
+    numpy_eval_cpu_s,
+    numpy_dtype=np.float32,
 ):
     x0 = particles.clouds.sphere_uniform(jax.random.key(0), n, D)
     flow = make_flow(beta)
@@ -187,7 +200,7 @@ def time_solves(
         "max_sphere_drift_jax": float(jnp.max(jnp.abs(jnp.linalg.norm(sol.final, axis=-1) - 1))),
     }
     if scipy_solve:
-        rhs = numpy_field(beta)
+        rhs = numpy_field(beta, dtype=numpy_dtype)
         y0 = np.asarray(x0, np.float64).ravel()
         wall, cpu = time.perf_counter(), time.process_time()
         ref = solve_ivp(rhs, (0.0, t1), y0, method="RK45", rtol=rtol, atol=atol)
@@ -271,7 +284,8 @@ def markdown(results: dict) -> str:
     lines = [
         f"Sphere SA flow, d = {D}, beta = {cfg['beta']}, float32; solve on t in [0, {cfg['t1']}] "
         f"with rtol = {cfg['rtol']}, atol = {cfg['atol']}. {results['machine']}, "
-        f"{results['date']}, JAX {results['versions']['jax']}.",
+        f"{results['date']}, JAX {results['versions']['jax']}; NumPy baseline in "
+        f"{cfg['numpy_dtype']}.",
         "",
         "| n | eval JAX (ms) | eval NumPy (ms) | limit (ms) | JAX / limit | JAX / limit (CPU time) | "
         "solve JAX (s) | steps | solve SciPy (s) | SciPy nfev | solve speed-up | (CPU time) |",
@@ -322,11 +336,18 @@ def main(argv=None):
     parser.add_argument("--t1", type=float, default=10.0)
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--atol", type=float, default=1e-6)
+    parser.add_argument(
+        "--numpy-dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="precision of the NumPy baseline (float64 is what plain solve_ivp code computes)",
+    )
     parser.add_argument("--memory-n", type=int, default=65536, help="0 skips the memory probe")
     parser.add_argument("--machine", default="2-core CPU, shared")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
     args = parser.parse_args(argv)
     solve_sizes = args.sizes if args.solve_sizes is None else args.solve_sizes
+    numpy_dtype = np.dtype(args.numpy_dtype).type
 
     results = {
         "date": datetime.date.today().isoformat(),
@@ -347,7 +368,7 @@ def main(argv=None):
     nfev_hint = None
     for n in args.sizes:
         print(f"n = {n}: evaluations", file=sys.stderr, flush=True)
-        row = time_evaluations(n, args.beta, args.repeats, limits)
+        row = time_evaluations(n, args.beta, args.repeats, limits, numpy_dtype)
         if n in solve_sizes:
             scipy_solve = n in args.scipy_solve_sizes
             print(
@@ -368,6 +389,7 @@ def main(argv=None):
                     nfev_hint,
                     row["eval_numpy_s"],
                     row["eval_numpy_cpu_s"],
+                    numpy_dtype,
                 )
             )
             if scipy_solve:
