@@ -108,7 +108,8 @@ def simulate(
         raise ValueError(f"max_steps must be a positive int; got {max_steps!r}")
     if not isinstance(flow, AbstractFlow):
         raise TypeError(
-            f"flow must be an AbstractFlow (e.g. AttentionFlow); got {type(flow).__name__}"
+            f"flow must be an AttentionFlow (or another AbstractFlow, e.g. PreNormFlow); "
+            f"got {type(flow).__name__}"
         )
     x0 = flow.space.check(x0, "x0")
     ts = jnp.asarray(ts, dtype=x0.dtype)

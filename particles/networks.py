@@ -40,7 +40,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_choice, check_weights, value_check
 from ._simulate import Trajectory, simulate
-from .flows import AttentionFlow, Layered, PreNormFlow
+from .flows import AttentionFlow, FeedForward, Layered, PreNormFlow
 from .spaces import Sphere
 
 SCHEMES = ("euler", "lie-trotter", "strang", "heun", "rk4")
@@ -249,9 +249,14 @@ class ResidualNetwork(eqx.Module):
         )
 
 
-def _gap(xs, ys):
-    """$\\max_i |x_i - y_i|$ for each cloud of a stack (ambient distance: the geodesic
-    distance via arccos loses half the digits near 0, and both agree to first order)."""
+def max_distance(xs: Float[Array, "... n d"], ys: Float[Array, "... n d"]) -> Float[Array, "..."]:
+    """$\\max_i |x_i - y_i|$: the largest distance between corresponding tokens, for each
+    cloud of a stack (e.g. every layer against the flow at the same time).
+
+    The ambient (chordal) distance is used on the sphere too: it agrees with the geodesic
+    distance to first order, and the geodesic $\\arccos \\langle x, y \\rangle$ loses half
+    the digits near 0 (it cannot resolve errors below about $10^{-8}$ in float64).
+    """
     return jnp.max(jnp.linalg.norm(xs - ys, axis=-1), axis=-1)
 
 
@@ -288,7 +293,7 @@ def depth_error(
         atol=atol,
         max_steps=max_steps,
     )
-    return _gap(xs, reference.xs)
+    return max_distance(xs, reference.xs)
 
 
 def final_errors(
@@ -326,7 +331,7 @@ def final_errors(
     """
     depths = [_check_depth(L) for L in np.atleast_1d(np.asarray(depths)).tolist()]
     horizon = _check_horizon(horizon)
-    networks = [ResidualNetwork(flow, L, horizon, scheme=scheme) for L in depths]
+    nets = [ResidualNetwork(flow, L, horizon, scheme=scheme) for L in depths]
     x0 = flow.space.check(x0, "x0")
     if reference is None:
         reference = simulate(
@@ -343,7 +348,7 @@ def final_errors(
         raise ValueError(
             f"reference must have the shape of x0 {x0.shape}; got {jnp.shape(reference)}"
         )
-    return jnp.stack([_gap(net(x0, weights)[-1], reference) for net in networks])
+    return jnp.stack([max_distance(net(x0, weights)[-1], reference) for net in nets])
 
 
 def loglog_slope(depths: ArrayLike, errors: ArrayLike, *, floor: float = 0.0) -> float:
@@ -366,3 +371,56 @@ def loglog_slope(depths: ArrayLike, errors: ArrayLike, *, floor: float = 0.0) ->
         raise ValueError(f"need at least two errors above floor={floor}; got {keep.sum()}")
     slope, _ = np.polyfit(np.log(depths[keep]), np.log(errors[keep]), 1)
     return float(slope)
+
+
+VARIANTS = (
+    "residual",
+    "post-norm",
+    "pre-norm",
+    "lie-trotter",
+    "strang",
+    "per-layer",
+    "heun",
+    "rk4",
+)
+
+
+def variant(
+    name: str,
+    attention,
+    *,
+    feedforward: FeedForward | None = None,
+    layers=None,
+    horizon: float | None = None,
+) -> tuple[AttentionFlow | PreNormFlow, str]:
+    """The flow and scheme of a named network of the depth-limit study.
+
+    Args:
+        name: one of `VARIANTS`: `"residual"` ($x + h v$), `"post-norm"` (on the sphere),
+            `"pre-norm"`, `"lie-trotter"` and `"strang"` (attention and `feedforward`),
+            `"per-layer"` (`layers` piecewise constant on `[0, horizon]`), `"heun"`, `"rk4"`
+            (shared `attention`, higher-order layers).
+        attention: the shared attention operator.
+        feedforward: the feed-forward block of the splitting variants.
+        layers: an attention operator with a leading layer axis (see `Layered`), for
+            `"per-layer"`.
+        horizon: the time $T$, for `"per-layer"`.
+
+    Returns:
+        `(flow, scheme)`: pass them to `ResidualNetwork(flow, depth, horizon, scheme=scheme)`.
+    """
+    check_choice(name, VARIANTS, "name")
+    if name in _SPLIT and feedforward is None:
+        raise ValueError(f"variant {name!r} needs a feedforward")
+    if name == "per-layer" and (layers is None or horizon is None):
+        raise ValueError("variant 'per-layer' needs layers and horizon")
+    if name == "post-norm":
+        return AttentionFlow(attention, Sphere()), "euler"
+    if name == "pre-norm":
+        return PreNormFlow(attention), "euler"
+    if name in _SPLIT:
+        return AttentionFlow(attention, feedforward=feedforward), name
+    if name == "per-layer":
+        return AttentionFlow(Layered(layers, horizon)), "euler"
+    scheme = "euler" if name == "residual" else name
+    return AttentionFlow(attention), scheme

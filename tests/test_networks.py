@@ -225,3 +225,64 @@ def test_bad_network_options_are_errors():
         net(2 * jnp.ones((N, D)))
     with pytest.raises(ValueError, match="x0 has a zero token"):
         P.ResidualNetwork(P.PreNormFlow(attention), 4, T)(jnp.zeros((N, D)))
+
+
+def _smoke_config(**overrides):
+    from sims.experiments.deep_limit import Config
+
+    small = dict(
+        n=6,
+        variants=("residual", "rk4"),
+        min_depth=8,
+        max_depth=32,
+        depth_for_profile=8,
+        collapse_depths=(8, 16),
+        shallow_depth=8,
+        animated="residual",
+    )
+    return Config(**{**small, **overrides})
+
+
+def test_deep_limit_experiment_writes_errors_slopes_and_figures(tmp_path):
+    import sims
+
+    out = sims.run(_smoke_config(), tmp_path / "run", animation=False)
+    metrics = P.io.read_json(out / "metrics.json")
+    assert metrics["depths"] == [8, 16, 32]
+    residual, rk4 = (np.array(metrics["errors"][k]) for k in ("residual", "rk4"))
+    assert np.all(np.diff(np.log(residual)) < 0) and np.all(rk4 < residual)
+    assert -1.2 <= metrics["slopes"]["residual"] <= -0.8
+    assert -4.5 <= metrics["slopes"]["rk4"] <= -3.5
+    assert metrics["orders"] == {"residual": 1, "rk4": 4}
+    assert len(metrics["ts"]) == 9 and metrics["series"]["network_error"][0] == 0.0
+    # the animated network's final error is the study's error at the same depth
+    assert metrics["shallow"]["final_error"] == pytest.approx(residual[0], rel=1e-9)
+    for name in ("convergence.png", "depth_error.png", "trajectory.npz", "network.npz"):
+        assert (out / name).stat().st_size > 0
+    network = P.io.load_trajectory(out / "network.npz")
+    assert network.xs.shape == (9, 6, 3) and network.xs.dtype == np.float64
+
+
+@pytest.mark.slow
+def test_deep_limit_experiment_animates_network_beside_flow(tmp_path):
+    import imageio.v3 as iio
+
+    import sims
+
+    out = sims.run(_smoke_config(), tmp_path / "run", gif=True)
+    assert iio.improps(out / "animation.gif").shape[0] == 9
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(min_depth=0), "min_depth must be >= 1"),
+        (dict(max_depth=8, min_depth=8), "max_depth must be >= 16"),
+        (dict(horizon=0.0), "horizon must be > 0"),
+        (dict(variants=("residual", "adam")), "variants must be among"),
+        (dict(variants=("per-layer",), min_depth=6), "min_depth must be a multiple of pieces"),
+    ],
+)
+def test_deep_limit_config_errors_name_the_field(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        _smoke_config(**overrides)
