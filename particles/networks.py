@@ -138,6 +138,18 @@ def _forward(network: ResidualNetwork, x0, weights):
     return jnp.concatenate([x0[None], xs])
 
 
+def layer_times(depth: int, horizon: float, dtype=None) -> Float[Array, " L+1"]:
+    """The layer grid $t_l = T (l / L)$, $l = 0, \\dots, L$, of a network of depth $L$.
+
+    Computed in float64 then rounded to `dtype`, as `Layered.jump_times` is: the grid of
+    depth $L$ is every $(M / L)$-th point of the grid of depth $M$, bit for bit, when $L$
+    divides $M$ (one reference solve serves every depth), and a `Layered` flow's jump times
+    are points of the grid.
+    """
+    depth, horizon = _check_depth(depth), _check_horizon(horizon)
+    return jnp.asarray(horizon * (np.arange(depth + 1) / depth), dtype=dtype)
+
+
 class ResidualNetwork(eqx.Module):
     r"""A residual attention network of depth $L$ whose continuous limit is `flow`.
 
@@ -215,7 +227,7 @@ class ResidualNetwork(eqx.Module):
         Rounded from float64 as `Layered.jump_times` is, so with a `Layered` flow the layer
         times at piece boundaries are those jump times bit for bit.
         """
-        return jnp.asarray(self.horizon * (np.arange(self.depth + 1) / self.depth), dtype=dtype)
+        return layer_times(self.depth, self.horizon, dtype)
 
     def __call__(
         self, x0: Float[Array, "n d"], weights: Float[Array, " n"] | None = None
@@ -269,6 +281,7 @@ def depth_error(
     rtol: float = 1e-12,
     atol: float = 1e-12,
     max_steps: int = 100_000,
+    reference: Float[Array, "L+1 n d"] | None = None,
 ) -> Float[Array, " L+1"]:
     r"""The error along depth: $e_l = \max_i |x^l_i - x_i(l h)|$, layer $l$ of the network
     against its flow at the same time, solved adaptively by diffrax.
@@ -278,22 +291,31 @@ def depth_error(
         x0, weights: the initial cloud and token weights.
         solver, rtol, atol, max_steps: the reference solve (see `simulate`); use float64
             and tight tolerances for a convergence study.
+        reference: the flow at `network.times()` if already solved, shape `(L + 1, n, d)`
+            (e.g. every $k$-th cloud of a solve on `layer_times(k L, T)`); then no solve
+            is run.
 
     Returns:
         Errors of shape `(L + 1,)`; `e_0 = 0`.
     """
     xs = network(x0, weights)
-    reference = simulate(
-        network.flow,
-        x0,
-        network.times(xs.dtype),
-        weights=weights,
-        solver=solver,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-    )
-    return max_distance(xs, reference.xs)
+    if reference is None:
+        reference = simulate(
+            network.flow,
+            x0,
+            network.times(xs.dtype),
+            weights=weights,
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+        ).xs
+    elif jnp.shape(reference) != xs.shape:
+        raise ValueError(
+            f"reference must hold the flow at the {network.depth + 1} layer times, shape "
+            f"{xs.shape}; got {jnp.shape(reference)}"
+        )
+    return max_distance(xs, reference)
 
 
 def final_errors(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -100,14 +101,22 @@ class Config:
         return out
 
 
-def _setup(config: Config):
-    k_attention, k_ff, k_layers, k_x0 = jax.random.split(jax.random.key(config.seed), 4)
-    attention = P.SelfAttention.random(k_attention, config.d, beta=config.beta)
-    feedforward = P.FeedForward.random(k_ff, config.d, config.hidden, "tanh")
-    layers = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, config.d, beta=config.beta))(
-        jax.random.split(k_layers, config.pieces)
+@eqx.filter_jit
+def _draw(key, n: int, d: int, beta: float, hidden: int, pieces: int):
+    # one compiled draw instead of a dozen eagerly dispatched ones
+    k_attention, k_ff, k_layers, k_x0 = jax.random.split(key, 4)
+    attention = P.SelfAttention.random(k_attention, d, beta=beta)
+    feedforward = P.FeedForward.random(k_ff, d, hidden, "tanh")
+    layers = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, d, beta=beta))(
+        jax.random.split(k_layers, pieces)
     )
-    x0 = P.clouds.sphere_uniform(k_x0, config.n, config.d)
+    return attention, feedforward, layers, P.clouds.sphere_uniform(k_x0, n, d)
+
+
+def _setup(config: Config):
+    attention, feedforward, layers, x0 = _draw(
+        jax.random.key(config.seed), config.n, config.d, config.beta, config.hidden, config.pieces
+    )
 
     def make(name):
         return networks.variant(
@@ -134,12 +143,33 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
     make, x0 = _setup(config)
     options = _reference_options(config)
     depths = config.depths
+    collapse_name = config.variants[0]
+    # One reference solve per flow, saved on a grid that every recorded depth divides: the
+    # layer grid of depth L is every (M / L)-th of its points, bit for bit.
+    M = math.lcm(config.depth_for_profile, config.shallow_depth, *config.collapse_depths)
+    fine_ts = networks.layer_times(M, config.horizon, x0.dtype)
 
-    errors, slopes, fitted = {}, {}, {}
-    for name in config.variants:
+    errors, slopes, fitted, profile, collapse = {}, {}, {}, {}, {}
+    for name in dict.fromkeys((*config.variants, config.animated)):
         flow, scheme = make(name)
+        fine = P.simulate(flow, x0, fine_ts, **options)
+
+        def along_depth(L, flow=flow, scheme=scheme, fine=fine):
+            net = P.ResidualNetwork(flow, L, config.horizon, scheme=scheme)
+            return np.asarray(networks.depth_error(net, x0, reference=fine.xs[:: M // L]))
+
+        if name == config.animated:
+            shallow = P.ResidualNetwork(flow, config.shallow_depth, config.horizon, scheme=scheme)
+            step = M // config.shallow_depth
+            limit = eqx.tree_at(lambda tr: (tr.ts, tr.xs), fine, (fine.ts[::step], fine.xs[::step]))
+            layers = shallow.trajectory(x0)
+            along = np.asarray(networks.max_distance(layers.xs, limit.xs))
+        if name not in config.variants:
+            continue
         e = np.asarray(
-            networks.final_errors(flow, x0, depths, config.horizon, scheme=scheme, **options)
+            networks.final_errors(
+                flow, x0, depths, config.horizon, scheme=scheme, reference=fine.final
+            )
         )
         errors[name] = e
         keep = e > config.fit_floor
@@ -147,33 +177,16 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
         slopes[name] = (
             networks.loglog_slope(depths, e, floor=config.fit_floor) if keep.sum() >= 2 else None
         )
-
-    profile = {}
-    profile_ts = None
-    for name in config.variants:
-        flow, scheme = make(name)
-        net = P.ResidualNetwork(flow, config.depth_for_profile, config.horizon, scheme=scheme)
-        profile[name] = np.asarray(networks.depth_error(net, x0, **options))
-        profile_ts = np.asarray(net.times(x0.dtype))
-    # the first variant at several depths: L^p e_l is one curve if the error is O(L^-p)
-    # uniformly along depth
-    collapse_name = config.variants[0]
-    collapse_flow, collapse_scheme = make(collapse_name)
-    collapse = {}
-    for L in config.collapse_depths:
-        net = P.ResidualNetwork(collapse_flow, L, config.horizon, scheme=collapse_scheme)
-        collapse[L] = (
-            np.asarray(net.times(x0.dtype)),
-            np.asarray(networks.depth_error(net, x0, **options)),
-        )
-
-    # the animated shallow network and its flow on the same time grid
-    flow, scheme = make(config.animated)
-    shallow = P.ResidualNetwork(flow, config.shallow_depth, config.horizon, scheme=scheme)
-    ts = shallow.times(x0.dtype)
-    limit = P.simulate(flow, x0, ts, **options)
-    layers = shallow.trajectory(x0)
-    along = np.asarray(networks.max_distance(layers.xs, limit.xs))
+        profile[name] = along_depth(config.depth_for_profile)
+        # the first variant at several depths: L^p e_l is one curve if the error is O(L^-p)
+        # uniformly along depth
+        if name == collapse_name:
+            collapse = {
+                L: (np.asarray(fine_ts[:: M // L]), along_depth(L)) for L in config.collapse_depths
+            }
+    collapse_scheme = make(collapse_name)[1]
+    profile_ts = np.asarray(fine_ts[:: M // config.depth_for_profile])
+    ts = limit.ts
 
     P.io.save_trajectory(directory / P.io.TRAJECTORY_FILE, limit)
     P.io.save_trajectory(directory / "network.npz", layers)
