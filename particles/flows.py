@@ -198,10 +198,11 @@ class PreNormFlow(AbstractFlow):
     $$ \dot x_i = v[\mu_{N(x)}](N(x_i)) + f(N(x_i)), \qquad N(x) = x / |x|,
     \qquad \mu_{N(x)} = \sum_j w_j \delta_{N(x_j)}, $$
 
-    the limit $h \to 0$ of $x^{l+1} = x^l + h\, v[\mu_{N(x^l)}](N(x^l))$ (pre-LN
-    transformer, layer normalisation without gain and centring acting as $N$; Castin, Ablin,
-    Peyré 2024, section on layer normalisation). The tokens live in $\mathbb{R}^d \setminus \{0\}$
-    (`space` is `Euclidean()`); the field is invariant under $x_i \mapsto c_i x_i$, $c_i > 0$.
+    the limit $h \to 0$ of $x^{l+1} = x^l + h\, v[\mu_{N(x^l)}](N(x^l))$: the Pre-LN
+    transformer (Xiong et al. 2020, "On Layer Normalization in the Transformer
+    Architecture") with layer normalisation reduced to $N$ (no centring, no gain). The tokens
+    live in $\mathbb{R}^d \setminus \{0\}$ (`space` is `Euclidean()`); the field is invariant
+    under $x_i \mapsto c_i x_i$, $c_i > 0$.
 
     Args:
         attention: an attention operator, or `Layered` for time-dependent weights.

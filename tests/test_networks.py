@@ -18,9 +18,9 @@ from particles import networks
 D, N, T = 3, 6, 1.0
 
 
-@functools.cache
-def _cached_parts(seed, pieces, x64):
-    k = jax.random.split(jax.random.key(seed), 4)
+@eqx.filter_jit
+def _draw(key, pieces):
+    k = jax.random.split(key, 4)
     attention = P.SelfAttention.random(k[0], D)
     feedforward = P.FeedForward.random(k[1], D, 8, "tanh")
     layers = eqx.filter_vmap(lambda kk: P.SelfAttention.random(kk, D))(
@@ -30,8 +30,13 @@ def _cached_parts(seed, pieces, x64):
     return attention, feedforward, layers, x0
 
 
+@functools.cache
+def _cached_parts(seed, pieces, x64):
+    return _draw(jax.random.key(seed), pieces)
+
+
 def _parts(seed=0, pieces=3):
-    # Cached: eager random draws compile small kernels, a real cost on a busy machine.
+    # Cached, and drawn in one compiled call: eager draws compile a dozen small kernels.
     return _cached_parts(seed, pieces, bool(jax.config.jax_enable_x64))
 
 
