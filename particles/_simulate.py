@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._checks import check_weights, is_concrete
-from .flows import AttentionFlow
+from .flows import AbstractFlow
 
 SOLVERS = {
     "euler": diffrax.Euler,
@@ -62,7 +62,7 @@ def _max_steps_message(max_steps, ts):
 
 
 def simulate(
-    flow: AttentionFlow,
+    flow: AbstractFlow,
     x0: Float[Array, "n d"],
     ts: Float[Array, " T"],
     *,
@@ -79,7 +79,8 @@ def simulate(
     r"""Solve $\dot x = \text{flow}(t, x)$ from `x0` and save the cloud at times `ts`.
 
     Args:
-        flow: the vector field, e.g. `AttentionFlow(SelfAttention.identity(3), Sphere())`.
+        flow: the vector field, e.g. `AttentionFlow(SelfAttention.identity(3), Sphere())`,
+            or any `AbstractFlow` (e.g. `PreNormFlow`).
         x0: initial cloud, shape `(n, d)`; on the sphere it must have unit rows.
         ts: increasing save times; the solve runs from `ts[0]` to `ts[-1]`.
         weights: token weights summing to one (`None` is uniform).
@@ -105,8 +106,11 @@ def simulate(
         raise ValueError(f"dt must be > 0; got {dt}")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int; got {max_steps!r}")
-    if not isinstance(flow, AttentionFlow):
-        raise TypeError(f"flow must be an AttentionFlow; got {type(flow).__name__}")
+    if not isinstance(flow, AbstractFlow):
+        raise TypeError(
+            f"flow must be an AttentionFlow (or another AbstractFlow, e.g. PreNormFlow); "
+            f"got {type(flow).__name__}"
+        )
     x0 = flow.space.check(x0, "x0")
     ts = jnp.asarray(ts, dtype=x0.dtype)
     if ts.ndim != 1 or ts.shape[0] < 2:

@@ -10,16 +10,18 @@ transformer block). A flow is called as a diffrax vector field `flow(t, x, args)
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .attention import AbstractAttention
-from .spaces import AbstractSpace, Euclidean
+from .spaces import AbstractSpace, Euclidean, Sphere
 
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -103,17 +105,48 @@ class Layered(eqx.Module):
     def step(self) -> float:
         return self.horizon / self.num_layers
 
-    def jump_times(self) -> Float[Array, " L"]:
-        """Interior layer boundaries, where the field jumps."""
-        return self.step * jnp.arange(1, self.num_layers)
+    def jump_times(self) -> np.ndarray:
+        """Interior layer boundaries $t_l = T (l / L)$, $l = 1, \\dots, L - 1$, where the
+        field jumps (float64).
+
+        Computed as diffrax's fixed-step grid computes its times ($t_0 + (t_1 - t_0)(k / K)$),
+        and $k / K$ rounds to the same float as $l / L$ when $K = m L$, $k = m l$: a fixed
+        step $T / (m L)$ lands on every boundary exactly, in float64.
+        """
+        return self.horizon * (np.arange(1, self.num_layers) / self.num_layers)
 
     def at(self, t) -> AbstractAttention:
-        index = jnp.clip(jnp.floor(t / self.step).astype(int), 0, self.num_layers - 1)
+        # Count the boundaries at or before t rather than floor(t / step): XLA may evaluate
+        # t / step as t * (1 / step), which puts t = l * step in layer l - 1. The boundaries
+        # are the very `jump_times()` that diffrax steps to, so a solve that stops just
+        # before a jump and restarts just after it sees the right layer on both sides.
+        t = jnp.asarray(t)
+        jumps = jnp.asarray(self.jump_times(), dtype=t.dtype)
+        index = jnp.searchsorted(jumps, t, side="right")
         arrays, static = eqx.partition(self.layers, eqx.is_array)
         return eqx.combine(jax.tree_util.tree_map(lambda a: a[index], arrays), static)
 
 
-class AttentionFlow(eqx.Module):
+class AbstractFlow(eqx.Module):
+    """A vector field $\\dot x = F(t, x)$ on a space that `simulate` can integrate.
+
+    Subclasses provide a `space` attribute, an `AbstractSpace` (where the cloud lives:
+    `simulate` checks `x0` against it), `__call__(t, x, weights)` (the tangent velocity, a
+    diffrax vector field) and `jump_times()` (times where the field is discontinuous, or
+    `None`). (`space` is not declared here as an `eqx.AbstractVar`: concrete flows give it a
+    default, and a defaulted field inherited ahead of `attention` breaks dataclass ordering.)
+    """
+
+    @abc.abstractmethod
+    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
+        """The velocity of every token at time `t`; `args` are the token weights."""
+
+    @abc.abstractmethod
+    def jump_times(self) -> Float[Array, " J"] | None:
+        """Times where the field is discontinuous (layer boundaries), or `None`."""
+
+
+class AttentionFlow(AbstractFlow):
     r"""The attention flow $\dot x_i = P_{x_i}(v[\mu](x_i) + f(x_i))$ on a space.
 
     Args:
@@ -156,3 +189,56 @@ class AttentionFlow(eqx.Module):
         if self.feedforward is not None:
             v = v + self.feedforward(points)
         return self.space.tangent(points, v)
+
+
+class PreNormFlow(AbstractFlow):
+    r"""The continuous limit of a pre-normalised residual network: attention reads the
+    normalised tokens, the residual stream keeps its norm.
+
+    $$ \dot x_i = v[\mu_{N(x)}](N(x_i)) + f(N(x_i)), \qquad N(x) = x / |x|,
+    \qquad \mu_{N(x)} = \sum_j w_j \delta_{N(x_j)}, $$
+
+    the limit $h \to 0$ of $x^{l+1} = x^l + h\, v[\mu_{N(x^l)}](N(x^l))$: the Pre-LN
+    transformer (Xiong et al. 2020, "On Layer Normalization in the Transformer
+    Architecture") with layer normalisation reduced to $N$ (no centring, no gain). The tokens
+    live in $\mathbb{R}^d \setminus \{0\}$ (`space` is `Euclidean()`); the field is invariant
+    under $x_i \mapsto c_i x_i$, $c_i > 0$.
+
+    Args:
+        attention: an attention operator, or `Layered` for time-dependent weights.
+        feedforward: optional `FeedForward` term, also evaluated at $N(x_i)$.
+    """
+
+    attention: AbstractAttention | Layered
+    feedforward: FeedForward | None = None
+    space: AbstractSpace = eqx.field(default=Euclidean(), init=False)
+
+    def attention_at(self, t) -> AbstractAttention:
+        if isinstance(self.attention, Layered):
+            return self.attention.at(t)
+        return self.attention
+
+    def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
+        """$v[\\mu_{N(x)}](N(x_i)) + f(N(x_i))$: the same as `__call__` (no projection)."""
+        y = Sphere().retract(x)
+        v = self.attention_at(t)(y, weights)
+        if self.feedforward is not None:
+            v = v + self.feedforward(y)
+        return v
+
+    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
+        return self.velocity(t, x, args)
+
+    def jump_times(self):
+        if isinstance(self.attention, Layered):
+            return self.attention.jump_times()
+        return None
+
+    def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
+        """Velocity at arbitrary `points` in the field of `cloud` (both read normalised)."""
+        sphere = Sphere()
+        y = sphere.retract(points)
+        v = self.attention_at(t).cross(y, sphere.retract(cloud), weights)
+        if self.feedforward is not None:
+            v = v + self.feedforward(y)
+        return v

@@ -10,6 +10,8 @@ from ._animate import Renderer as Renderer
 from ._animate import animate as animate
 from ._animate import ffmpeg_path as ffmpeg_path
 from ._animate import inline as inline
+from ._deep import convergence_figure as convergence_figure
+from ._deep import depth_error_figure as depth_error_figure
 from ._figures import VIEW as VIEW
 from ._figures import Geometry as Geometry
 from ._figures import Scene as Scene
