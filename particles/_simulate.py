@@ -61,6 +61,37 @@ def _max_steps_message(max_steps, ts):
     )
 
 
+def _controller(jumps, ts, rtol, atol, dt, dt0):
+    r"""The step-size controller and first step: adaptive PID, or fixed steps of `dt`.
+
+    At the layer boundaries of a `Layered` flow the field jumps. Adaptive steps are clipped
+    to end just before each jump and restart just after it; fixed steps follow the grid
+    $t_0 + k\,dt$ with the jump times added, so no step straddles a boundary and each step
+    sees the layer it starts in.
+    """
+    if dt is None:
+        pid = diffrax.PIDController(rtol=rtol, atol=atol)
+        if jumps is None:
+            return pid, dt0
+        return diffrax.ClipStepSizeController(pid, jump_ts=jnp.asarray(jumps, ts.dtype)), dt0
+    if jumps is None or not (is_concrete(ts) and is_concrete(dt)):
+        return diffrax.ConstantStepSize(), dt
+    t0, t1 = float(np.asarray(ts)[0]), float(np.asarray(ts)[-1])
+    count = int(np.ceil((t1 - t0) / float(dt) * (1 - 1e-12)))
+    # t0 + (t1 - t0) k / K, as diffrax's own fixed grid, so boundaries land exactly
+    grid = (
+        t0 + (t1 - t0) * (np.arange(count + 1) / count)
+        if np.isclose(count * float(dt), t1 - t0)
+        else np.append(t0 + float(dt) * np.arange(count), t1)
+    )
+    jumps = np.asarray(jumps, dtype=np.float64)
+    jumps = jumps[(jumps > t0) & (jumps < t1)]
+    # a grid time within rounding of a jump would leave a step of zero length: keep the jump
+    near = np.isclose(grid[:, None], jumps[None, :], rtol=0, atol=1e-9 * (t1 - t0)).any(axis=1)
+    grid = np.union1d(grid[~near | (grid == t0) | (grid == t1)], jumps)
+    return diffrax.StepTo(ts=jnp.asarray(grid, ts.dtype)), None
+
+
 def simulate(
     flow: AbstractFlow,
     x0: Float[Array, "n d"],
@@ -119,11 +150,7 @@ def simulate(
         raise ValueError("ts must be strictly increasing")
     weights = check_weights(weights, x0.shape[0])
 
-    if dt is None:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=flow.jump_times())
-    else:
-        controller = diffrax.ConstantStepSize()
-        dt0 = dt
+    controller, dt0 = _controller(flow.jump_times(), ts, rtol, atol, dt, dt0)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(flow),
         SOLVERS[solver](),

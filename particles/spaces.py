@@ -55,7 +55,7 @@ class Euclidean(AbstractSpace):
 
 class Sphere(AbstractSpace):
     r"""The unit sphere $S^{d-1}$, with $P_x = I - x x^\top$ and geodesic distance
-    $\arccos \langle x, y \rangle$.
+    $\angle(x, y) = \arccos \langle x, y \rangle$.
 
     `tol` is how far $|x_i|$ may be from 1 for `check` to accept a cloud.
     """
@@ -70,8 +70,11 @@ class Sphere(AbstractSpace):
         return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
     def distance(self, x, y):
-        cos = jnp.sum(x * y, axis=-1) / (jnp.linalg.norm(x, axis=-1) * jnp.linalg.norm(y, axis=-1))
-        return jnp.arccos(jnp.clip(cos, -1.0, 1.0))
+        # 2 atan2(|u - v|, |u + v|) is the angle between unit u, v, accurate to rounding at
+        # every angle; arccos(<u, v>) loses half the digits near 0 and near pi.
+        u = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        v = y / jnp.linalg.norm(y, axis=-1, keepdims=True)
+        return 2 * jnp.arctan2(jnp.linalg.norm(u - v, axis=-1), jnp.linalg.norm(u + v, axis=-1))
 
     def check(self, x, name="x"):
         x = check_cloud(x, name)

@@ -210,3 +210,26 @@ def test_bad_input(key, kwargs, error, message):
     args.update(kwargs)
     with pytest.raises(error, match=message):
         P.simulate(args.pop("flow"), args.pop("x0"), args.pop("ts"), **args)
+
+
+@pytest.mark.parametrize("horizon, sets, depth", [(3.7, 5, 5), (2.0, 4, 12), (1.3, 3, 3)])
+def test_fixed_steps_respect_layer_boundaries(key, x64, horizon, sets, depth):
+    # a fixed-step Euler solve of the per-layer flow is the per-layer Euler network exactly:
+    # every step sees the layer it starts in, even where k * dt rounds beside a boundary
+    keys = jax.random.split(key, sets)
+    layers = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, 3))(keys)
+    flow = P.AttentionFlow(P.Layered(layers, horizon=horizon))
+    x0 = jax.random.normal(key, (6, 3))
+    net = P.networks.ResidualNetwork(flow, depth, horizon)(x0)
+    dt = horizon / depth
+    got = P.simulate(flow, x0, jnp.array([0.0, horizon]), solver="euler", dt=dt)
+    assert int(got.num_steps) == depth
+    np.testing.assert_allclose(got.final, net[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_sphere_distance_is_accurate_at_every_angle(x64):
+    sphere = P.Sphere()
+    for angle in (1e-12, 1e-6, 0.3, np.pi / 2, np.pi - 1e-9):
+        x = jnp.array([1.0, 0.0, 0.0])
+        y = jnp.array([np.cos(angle), np.sin(angle), 0.0])
+        np.testing.assert_allclose(sphere.distance(x, y), angle, rtol=1e-9)
