@@ -170,7 +170,8 @@ def lipschitz(
     $\rho = v^\top G v$. Then $\rho$ lies within a relative `tol` of an eigenvalue of $G$
     (the largest, from a random start, almost surely) and the value $\sqrt\rho$ within
     about `tol / 2`, usually far closer (the error of a Rayleigh quotient is quadratic in
-    the residual). The residual reported is recomputed from a fresh $G v$ at the end.
+    the residual). Each iteration applies $G$ once; LOBPCG keeps $G v$ up to date by its
+    recurrences, which hold to rounding.
     Jittable and vmappable (a `lax.while_loop`).
 
     Args:
@@ -208,19 +209,22 @@ def _dot(a, b):
     return jnp.sum(a * b)
 
 
+# Each iteration applies G exactly once, so the compiled loop holds one copy of the
+# linearised attention. State: (k, v, G v, p, G p, r) with r the next direction to multiply
+# (LOBPCG) or unused (power). The start is v = 0 with r the random vector: the first
+# Rayleigh-Ritz step then returns v = r / |r| and G v.
+
+
 def _power_step(gram, state):
-    k, v, gv, p, gp = state
-    v = _unit(gv)
-    return k + 1, v, gram(v), p, gp
+    k, v, gv, p, gp, r = state
+    v = _unit(jnp.where(k == 0, r, gv))
+    return k + 1, v, gram(v), p, gp, r
 
 
 def _lobpcg_step(gram, state):
-    k, v, gv, p, gp = state
+    k, v, gv, p, gp, r = state
     eps = jnp.finfo(v.dtype).eps
-    rho = _dot(v, gv)
-    r = gv - rho * v
-    r = r - _dot(v, r) * v
-    r = _unit(r)
+    r = _unit(r - _dot(v, r) * v)
     gr = gram(r)
     # p is orthogonalised against v and r twice; if nothing of it is left it is dropped
     # (a zero basis vector only adds the eigenvalue 0 <= rho to the Ritz problem).
@@ -241,7 +245,12 @@ def _lobpcg_step(gram, state):
     gp_new = c[1] * gr + c[2] * gp
     v_new, gv_new = c[0] * v + p_new, c[0] * gv + gp_new
     norm = jnp.sqrt(_dot(v_new, v_new))
-    return k + 1, v_new / norm, gv_new / norm, p_new, gp_new
+    # G = 0 (a constant map): every Ritz value is 0; keep r so that v stays a unit vector.
+    ok = norm > 0
+    v_new = jnp.where(ok, v_new / jnp.where(ok, norm, 1), r)
+    gv_new = jnp.where(ok, gv_new / jnp.where(ok, norm, 1), gr)
+    rho = _dot(v_new, gv_new)
+    return k + 1, v_new, gv_new, p_new, gp_new, gv_new - rho * v_new
 
 
 @eqx.filter_jit
@@ -254,16 +263,15 @@ def _iterate(model, x, weights, t, key, tol, max_iters, method):
         return rho, jnp.sqrt(_dot(gv - rho * v, gv - rho * v))
 
     def unconverged(state):
-        k, v, gv, _, _ = state
+        k, v, gv, *_ = state
         rho, res = residual(v, gv)
-        return (k < max_iters) & (res > tol * rho)
+        return (k == 0) | ((k < max_iters) & (res > tol * rho))
 
-    v0 = _unit(jax.random.normal(key, x.shape, x.dtype))
-    zero = jnp.zeros_like(v0)
-    state = (jnp.array(1), v0, gram(v0), zero, zero)
-    k, v, _, _, _ = jax.lax.while_loop(unconverged, lambda s: step(gram, s), state)
-    # A fresh product: the LOBPCG recurrences for G v accumulate rounding.
-    rho, res = residual(v, gram(v))
+    start = _unit(jax.random.normal(key, x.shape, x.dtype))
+    zero = jnp.zeros_like(start)
+    state = (jnp.array(0), zero, zero, zero, zero, start)
+    k, v, gv, *_ = jax.lax.while_loop(unconverged, lambda s: step(gram, s), state)
+    rho, res = residual(v, gv)
     rho = jnp.maximum(rho, 0)
     return LipschitzEstimate(
         value=jnp.sqrt(rho),
@@ -477,6 +485,14 @@ def _check_attention(attention, kernels, normalizations, what):
         )
 
 
+def _check_radius(radius):
+    """A positive radius, scalar or array (bounds are evaluated elementwise)."""
+    radius = jnp.asarray(radius)
+    if is_concrete(radius) and not np.all(np.asarray(radius) > 0):
+        raise ValueError(f"radius must be > 0; got {radius}")
+    return radius
+
+
 def _check_n(n):
     if is_concrete(n) and not np.all(np.asarray(n) >= 1):
         raise ValueError(f"n must be >= 1; got {n}")
@@ -516,7 +532,7 @@ def castin_bound(attention: SelfAttention | MultiHeadAttention, n, radius) -> Fl
     """
     _check_attention(attention, ("dot",), ("softmax",), "castin_bound")
     n = _check_n(n)
-    radius = check_positive(radius, "radius")
+    radius = _check_radius(radius)
     total = 0.0
     for Q, K, V in _heads(attention):
         c = attention.beta * _norm2(Q.T @ K) * radius**2
@@ -540,7 +556,7 @@ def unnormalized_bound(attention: SelfAttention | MultiHeadAttention, radius) ->
     times $\|\delta X\|$. $\square$
     """
     _check_attention(attention, ("dot",), ("unnormalized",), "unnormalized_bound")
-    radius = check_positive(radius, "radius")
+    radius = _check_radius(radius)
     total = 0.0
     for Q, K, V in _heads(attention):
         c = attention.beta * _norm2(Q.T @ K) * radius**2
@@ -906,3 +922,19 @@ def power_law(x, y) -> tuple[float, float]:
         raise ValueError("x and y must be positive for a log-log fit")
     a, b = np.polyfit(np.log(x), np.log(y), 1)
     return float(a), float(np.exp(b))
+
+
+def separation_rate(ts, distances) -> float:
+    r"""The measured exponential rate $\max_{t > t_0} \log(D(t)/D(t_0)) / (t - t_0)$ of a
+    distance $D$ between two solutions: the smallest $L$ with $D(t) \le e^{L(t - t_0)} D(t_0)$
+    on the saved times. Compare with `growth_rate_bound`."""
+    ts, distances = np.asarray(ts, float), np.asarray(distances, float)
+    if ts.shape != distances.shape or ts.ndim != 1 or ts.size < 2:
+        raise ValueError(
+            f"ts and distances must be 1-d of the same length >= 2; got {ts.shape}, {distances.shape}"
+        )
+    if not distances[0] > 0:
+        raise ValueError(f"the initial distance must be > 0; got {distances[0]}")
+    with np.errstate(divide="ignore"):
+        rates = np.log(distances[1:] / distances[0]) / (ts[1:] - ts[0])
+    return float(np.max(rates))
