@@ -56,7 +56,7 @@ class Trajectory(eqx.Module):
 def _max_steps_message(max_steps, ts):
     return (
         f"simulate: the solver took max_steps={max_steps} steps before reaching "
-        f"t1={float(ts[-1]) if is_concrete(ts) else 'ts[-1]'}. Raise max_steps, loosen "
+        f"t1={float(np.asarray(ts)[-1]) if is_concrete(ts) else 'ts[-1]'}. Raise max_steps, loosen "
         "rtol/atol, shorten ts, or pass dt= for fixed steps."
     )
 

@@ -10,7 +10,7 @@ its run directory.
 
 from ._registry import DEFAULT as DEFAULT
 from ._registry import experiment as experiment
-from ._registry import experiments as experiments
 from ._registry import get as get
+from ._registry import list_experiments as list_experiments
 from ._run import RunError as RunError
 from ._run import run as run

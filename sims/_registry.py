@@ -48,7 +48,7 @@ def _discover() -> None:
         importlib.import_module(f"{package.__name__}.{module.name}")
 
 
-def experiments() -> dict[str, Experiment]:
+def list_experiments() -> dict[str, Experiment]:
     """All registered experiments, by name."""
     if not _EXPERIMENTS:
         _discover()
@@ -56,14 +56,14 @@ def experiments() -> dict[str, Experiment]:
 
 
 def get(name: str) -> Experiment:
-    table = experiments()
+    table = list_experiments()
     if name not in table:
         raise KeyError(f"unknown experiment {name!r}; choose from: {', '.join(table)}")
     return table[name]
 
 
 def for_config(config) -> Experiment:
-    for exp in experiments().values():
+    for exp in list_experiments().values():
         if type(config) is exp.config:
             return exp
     raise TypeError(f"{type(config).__name__} is not the config of a registered experiment")

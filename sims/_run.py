@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import os
 import platform
 import shutil
 import sys
@@ -48,12 +47,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise RunError(f"run directory {out} already exists (pass --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory")
-    parent = out.resolve().parent
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write run directory {out}: {probe} is not writable")
 
 
 def run(config, out: str | Path | None = None, *, overwrite: bool = False, **options) -> Path:
@@ -68,10 +61,14 @@ def run(config, out: str | Path | None = None, *, overwrite: bool = False, **opt
     exp = _registry.for_config(config)
     out = Path(out) if out is not None else default_directory(exp.name)
     _check_target(out, overwrite)
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(
-        tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
-    )
+    try:
+        # the run is written here and renamed into place once complete
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(
+            tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.resolve().parent)
+        )
+    except OSError as e:
+        raise RunError(f"cannot write run directory {out}: {e.strerror}") from None
     try:
         write_json(
             tmp / "config.json",

@@ -1,0 +1,212 @@
+"""Flows and their integration: DESIGN.md section 2 facts 2 and 3, invariants, errors."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import particles as P
+
+
+def _two_particles(rho0):
+    """Two unit vectors in R^3 with <x1, x2> = rho0."""
+    theta = np.arccos(rho0)
+    return jnp.array([[1.0, 0.0, 0.0], [np.cos(theta), np.sin(theta), 0.0]])
+
+
+@pytest.mark.parametrize("normalization", ["unnormalized", "softmax"])
+@pytest.mark.parametrize("beta", [1.0, 5.0])
+def test_two_particles_on_sphere_match_closed_form(x64, normalization, beta):
+    # USA: rho' = exp(beta rho)(1 - rho^2); SA: rho' = 2(1 - rho^2)/(1 + exp(beta(1 - rho)))
+    if normalization == "unnormalized":
+
+        def rate(t, r):
+            return np.exp(beta * r) * (1 - r**2)
+    else:
+
+        def rate(t, r):
+            return 2 * (1 - r**2) / (1 + np.exp(beta * (1 - r)))
+
+    rho0, t1 = 0.2, 4.0
+    ts = np.linspace(0, t1, 31)
+    ref = solve_ivp(rate, (0, t1), [rho0], t_eval=ts, rtol=1e-12, atol=1e-14, method="DOP853")
+    flow = P.AttentionFlow(
+        P.SelfAttention.identity(3, beta, normalization=normalization), P.Sphere()
+    )
+    traj = P.simulate(flow, _two_particles(rho0), ts, rtol=1e-12, atol=1e-12, solver="dopri8")
+    rho = np.asarray(jnp.sum(traj.xs[:, 0] * traj.xs[:, 1], axis=-1))
+    np.testing.assert_allclose(rho, ref.y[0], rtol=1e-6)
+    assert rho[-1] > rho0 + 0.1  # the two tokens really moved together
+
+
+@pytest.mark.parametrize("normalization", ["unnormalized", "softmax"])
+def test_energy_never_decreases(key, x64, normalization):
+    # float64 so that the check resolves increments far below float32 rounding of the sum
+    beta = 3.0
+    x0 = P.clouds.sphere_uniform(key, 32, 3)
+    flow = P.AttentionFlow(
+        P.SelfAttention.identity(3, beta, normalization=normalization), P.Sphere()
+    )
+    traj = P.simulate(flow, x0, jnp.linspace(0, 8, 81), rtol=1e-10, atol=1e-10)
+    energy = np.asarray(P.analysis.over_time(P.analysis.interaction_energy, traj.xs, beta))
+    assert np.all(np.diff(energy) >= -1e-10 * energy[:-1])
+    assert energy[-1] > 1.5 * energy[0]
+
+
+def test_usa_velocity_is_projected_energy_gradient(key, x64):
+    # E = 1/(2 beta) sum_ij w_i w_j exp(beta <x_i, x_j>): the USA field is P grad_i E / w_i
+    beta = 2.5
+    k1, k2 = jax.random.split(key)
+    x = P.clouds.sphere_uniform(k1, 9, 4)
+    w = jax.random.uniform(k2, (9,), minval=0.5, maxval=1.0)
+    w = w / w.sum()
+    flow = P.AttentionFlow(
+        P.SelfAttention.identity(4, beta, normalization="unnormalized"), P.Sphere()
+    )
+    grad = jax.grad(P.analysis.interaction_energy)(x, beta, w)
+    expected = P.Sphere().tangent(x, grad / w[:, None])
+    np.testing.assert_allclose(flow(0.0, x, w), expected, rtol=1e-12, atol=1e-13)
+
+
+def test_sphere_trajectory_stays_on_sphere(key):
+    x0 = P.clouds.sphere_uniform(key, 64, 3)
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 9.0), P.Sphere())
+    traj = P.simulate(flow, x0, jnp.linspace(0, 10, 11), rtol=1e-6, atol=1e-6)
+    assert float(P.sphere_drift(traj.xs).max()) < 1e-4
+    assert int(P.analysis.cluster_count(traj.final, 1e-2)) < 10  # clustered
+
+
+def test_trajectory_fields_and_stats(key):
+    x0 = P.clouds.sphere_uniform(key, 8, 3)
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 1.0), P.Sphere())
+    ts = jnp.linspace(0, 1, 5)
+    traj = P.simulate(flow, x0, ts)
+    assert traj.xs.shape == (5, 8, 3) and traj.weights.shape == (8,)
+    np.testing.assert_allclose(traj.ts, ts)
+    np.testing.assert_allclose(traj.xs[0], x0)
+    assert int(traj.num_steps) == int(traj.num_accepted) + int(traj.num_rejected) > 0
+    assert bool(traj.succeeded)
+
+
+@pytest.mark.parametrize("solver", sorted(P.SOLVERS))
+def test_every_solver_converges_to_the_same_answer(key, solver):
+    x0 = P.clouds.sphere_uniform(key, 6, 3)
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 2.0), P.Sphere())
+    ts = jnp.array([0.0, 1.0])
+    ref = P.simulate(flow, x0, ts, rtol=1e-8, atol=1e-8, solver="dopri8").final
+    dt = 1e-3 if solver == "euler" else None
+    got = P.simulate(flow, x0, ts, solver=solver, dt=dt, rtol=1e-6, atol=1e-6).final
+    np.testing.assert_allclose(got, ref, atol=5e-3 if solver == "euler" else 1e-4)
+
+
+def test_fixed_step_count(key):
+    x0 = P.clouds.sphere_uniform(key, 6, 3)
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 2.0), P.Sphere())
+    traj = P.simulate(flow, x0, jnp.array([0.0, 1.0]), solver="heun", dt=0.125)
+    assert int(traj.num_steps) == 8
+
+
+def test_ensemble_member_equals_single_run(key):
+    keys = jax.random.split(key, 3)
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 4.0), P.Sphere())
+    ts = jnp.linspace(0, 2, 3)
+
+    @jax.jit
+    def one(k):
+        return P.simulate(flow, P.clouds.sphere_uniform(k, 10, 3), ts).xs
+
+    batch = jax.vmap(one)(keys)
+    alone = P.simulate(flow, P.clouds.sphere_uniform(keys[1], 10, 3), ts).xs
+    np.testing.assert_allclose(batch[1], alone, atol=2e-5)
+
+
+def test_vmap_over_beta(key):
+    x0 = P.clouds.sphere_uniform(key, 10, 3)
+    ts = jnp.linspace(0, 2, 3)
+
+    def run(beta):
+        flow = P.AttentionFlow(P.SelfAttention.identity(3, beta), P.Sphere())
+        return P.simulate(flow, x0, ts).final
+
+    finals = jax.vmap(run)(jnp.array([1.0, 8.0]))
+    np.testing.assert_allclose(finals[1], run(8.0), atol=2e-5)
+    assert not np.allclose(finals[0], finals[1], atol=1e-3)
+
+
+def test_float64_when_enabled(key, x64):
+    x0 = P.clouds.sphere_uniform(key, 5, 3)
+    assert x0.dtype == jnp.float64
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 1.0), P.Sphere())
+    assert P.simulate(flow, x0, jnp.array([0.0, 1.0])).xs.dtype == jnp.float64
+
+
+def test_feedforward_adds_to_velocity(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    attn = P.SelfAttention.random(k1, 3)
+    ff = P.FeedForward.random(k2, 3, hidden=8)
+    x = jax.random.normal(k3, (7, 3))
+    flow = P.AttentionFlow(attn, P.Euclidean(), ff)
+    np.testing.assert_allclose(flow(0.0, x, None), attn(x) + ff(x), rtol=1e-6)
+    np.testing.assert_allclose(ff(x), jax.nn.relu(x @ ff.W1.T + ff.b) @ ff.W2.T, rtol=1e-6)
+
+
+def test_layered_weights_are_piecewise_constant(key, x64):
+    keys = jax.random.split(key, 4)
+    layers = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, 3))(keys)
+    flow = P.AttentionFlow(P.Layered(layers, horizon=2.0))
+    x = jax.random.normal(key, (5, 3))
+    for t, layer in ((0.0, 0), (0.49, 0), (0.5, 1), (1.2, 2), (1.99, 3), (2.0, 3)):
+        single = P.SelfAttention.random(keys[layer], 3)
+        np.testing.assert_allclose(flow(t, x, None), single(x), rtol=1e-12)
+    np.testing.assert_allclose(flow.jump_times(), [0.5, 1.0, 1.5])
+    # adaptive solve across the jumps agrees with solving each layer on its own interval
+    traj = P.simulate(flow, x, jnp.array([0.0, 2.0]), rtol=1e-10, atol=1e-10)
+    y = x
+    for layer in range(4):
+        piece = P.AttentionFlow(P.SelfAttention.random(keys[layer], 3))
+        y = P.simulate(
+            piece, y, jnp.array([0.5 * layer, 0.5 * (layer + 1)]), rtol=1e-10, atol=1e-10
+        ).final
+    np.testing.assert_allclose(traj.final, y, rtol=1e-7, atol=1e-8)
+
+
+def test_max_steps_message(key):
+    flow = P.AttentionFlow(P.SelfAttention.identity(3, 2.0), P.Sphere())
+    x0 = P.clouds.sphere_uniform(key, 6, 3)
+    with pytest.raises(
+        RuntimeError, match="took max_steps=3 steps before reaching t1=10.0. Raise max_steps"
+    ):
+        P.simulate(flow, x0, jnp.array([0.0, 10.0]), max_steps=3)
+    traj = P.simulate(flow, x0, jnp.array([0.0, 10.0]), max_steps=3, throw=False)
+    assert traj.result == diffrax.RESULTS.max_steps_reached
+    with pytest.raises(Exception, match="took max_steps=3 steps"):
+        jax.jit(lambda x: P.simulate(flow, x, jnp.array([0.0, 10.0]), max_steps=3).xs)(x0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(x0=jnp.ones((4, 3))), ValueError, "x0 must lie on the unit sphere"),
+        (dict(ts=jnp.array([0.0, 1.0, 0.5])), ValueError, "ts must be strictly increasing"),
+        (dict(ts=jnp.array([0.0])), ValueError, "ts must be a 1-d array of at least two"),
+        (dict(solver="rk4"), ValueError, "solver must be one of"),
+        (dict(solver="euler"), ValueError, "solver 'euler' has no error estimate: pass dt="),
+        (dict(dt=-0.1), ValueError, "dt must be > 0"),
+        (dict(max_steps=0), ValueError, "max_steps must be a positive int"),
+        (dict(weights=jnp.ones(4)), ValueError, "weights must sum to 1"),
+        (dict(x0=jnp.full((4, 3), jnp.nan)), ValueError, "x0 contains NaN or inf"),
+        (dict(flow=P.SelfAttention.identity(3)), TypeError, "flow must be an AttentionFlow"),
+    ],
+)
+def test_bad_input(key, kwargs, error, message):
+    args = dict(
+        flow=P.AttentionFlow(P.SelfAttention.identity(3), P.Sphere()),
+        x0=P.clouds.sphere_uniform(key, 4, 3),
+        ts=jnp.array([0.0, 1.0]),
+    )
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        P.simulate(args.pop("flow"), args.pop("x0"), args.pop("ts"), **args)
