@@ -776,6 +776,21 @@ def growth_rate_bound(model: AbstractAttention | AttentionFlow, radius=None) -> 
     return lip_x + lip_mu + (2 * speed if sphere else 0.0)
 
 
+def _import_ot():
+    """Import POT without its optional deep-learning backends: we hand it numpy arrays, and
+    importing torch (when installed) would cost seconds. The switches only act if `ot` was
+    not imported before."""
+    import os
+    import sys
+
+    if "ot" not in sys.modules:
+        for name in ("PYTORCH", "TENSORFLOW", "CUPY", "JAX"):
+            os.environ.setdefault(f"POT_BACKEND_DISABLE_{name}", "1")
+    import ot
+
+    return ot
+
+
 def _ot_available():
     if importlib.util.find_spec("ot") is None:
         raise ImportError("wasserstein needs POT (Python Optimal Transport): pip install pot")
@@ -815,7 +830,7 @@ def wasserstein(
     wy = jnp.full((y.shape[0],), 1 / y.shape[0], dtype) if wy is None else wy.astype(dtype)
 
     def host(x, y, wx, wy):
-        import ot
+        ot = _import_ot()
 
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
         a, b = np.asarray(wx, np.float64), np.asarray(wy, np.float64)

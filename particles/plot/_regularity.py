@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 _BOUND_STYLE = {"ls": "--", "lw": 1.3}
+_DASHES = ("--", "-.", (0, (5, 2, 1, 2, 1, 2)))
 
 
 def _axes(ax, size=(6.4, 4.4)):
@@ -56,10 +57,18 @@ def lipschitz_vs_n(
             xf = np.geomspace(lo, hi, 20)
             ax.plot(xf, fits[name]["prefactor"] * xf ** fits[name]["exponent"], ":", c=f"C{k}")
     for k, (name, values) in enumerate((bounds or {}).items()):
-        ax.plot(ns, np.asarray(values, float), c=f"0.{3 + 2 * k}", label=name, **_BOUND_STYLE)
+        ax.plot(ns, np.asarray(values, float), c="0.35", label=name, ls=_DASHES[k % 3], lw=1.3)
     if threshold is not None:
         ax.axvline(threshold, c="0.5", lw=0.8)
-        ax.text(threshold, ax.get_ylim()[0], " growth stops", rotation=90, va="bottom", fontsize=8)
+        ax.text(
+            threshold,
+            0.02,
+            " predicted end of growth",
+            rotation=90,
+            va="bottom",
+            fontsize=7.5,
+            transform=ax.get_xaxis_transform(),
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("number of tokens n")
@@ -119,8 +128,11 @@ def wasserstein_separation(
                 ax.plot(ts, values[0] * np.exp(rate * ts), c=f"C{k}", lw=0.9, ls="--")
     if rate is not None:
         ax.plot([], [], c="0.4", ls="--", lw=0.9, label=rf"bound $e^{{Lt}} W_1(0)$, L = {rate:.3g}")
-        top = max(np.max(np.asarray(v, float)) for v in series.values())
-        ax.set_ylim(top=10 * top)
+    # the bound leaves the frame at once when L is large: frame the measurements
+    values = np.concatenate([np.asarray(v, float).ravel() for v in series.values()])
+    values = values[values > 0]
+    if values.size:
+        ax.set_ylim(0.5 * values.min(), 20 * values.max())
     ax.set_yscale("log")
     ax.set_xlabel("time t")
     ax.set_ylabel(r"$W_1(\mu_t, \nu_t)$")

@@ -38,12 +38,14 @@ class Config:
     """largest number of tokens"""
     n_points: int = 11
     """token counts, geometrically spaced from n_min to n_max"""
-    trials: int = 3
+    trials: int = 2
     """i.i.d. clouds per token count (the mean is reported)"""
     fit_n_max: int = 32
     """largest n of the sqrt(n) fit of the adversarial clouds"""
-    search_n_max: int = 16
-    """gradient-ascent search for worse clouds at the token counts up to this one"""
+    mean_field_n_min: int = 64
+    """smallest n of the fits of the i.i.d. clouds (the mean-field regime)"""
+    search_n_max: int = 8
+    """gradient-ascent search for worse clouds at the token counts up to this one (0: none)"""
     search_steps: int = 100
     """steps of each gradient-ascent search"""
     radius_n: int = 8
@@ -53,7 +55,7 @@ class Config:
     radius_max: float = 32.0
     """largest radius of the radius sweep"""
     radius_points: int = 7
-    """radii of the sweep, geometrically spaced"""
+    """radii of the sweep, geometrically spaced (0: no radius sweep)"""
     tol: float = 1e-5
     """relative eigen-residual at which the matrix-free iteration stops"""
     fps: int = 10
@@ -63,12 +65,15 @@ class Config:
 
     def __post_init__(self):
         require_positive(self, "beta", "radius", "sphere_beta", "tol", "fps", "search_steps")
-        require_positive(self, "radius_min", "trials", "radius_points", "search_n_max")
+        require_positive(self, "radius_min", "trials")
+        require_at_least(self, "radius_points", 0)
+        require_at_least(self, "search_n_max", 0)
         require_at_least(self, "d", 2)
         require_at_least(self, "n_min", 2)
         require_at_least(self, "n_max", self.n_min)
         require_at_least(self, "n_points", 2)
         require_at_least(self, "fit_n_max", self.n_min)
+        require_at_least(self, "mean_field_n_min", self.n_min)
         require_at_least(self, "radius_n", 3)
         require_at_least(self, "radius_max", self.radius_min)
 
@@ -175,31 +180,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     # Radius sweep at fixed n: dot-product attention grows without bound, L2 does not.
     radii = np.geomspace(config.radius_min, config.radius_max, config.radius_points)
     m = config.radius_n
-    x0 = P.clouds.ball_uniform(jax.random.fold_in(key, 20_000), m, d, 1.0)
-
-    @eqx.filter_jit
-    def sweep(model, radii):
-        def one(r):
-            found = R.worst_cloud(model, x0 * r, r, steps=config.search_steps, key=key)
-            return R.lipschitz(model, found.cloud, tol=config.tol).value
-
-        return jax.vmap(one)(radii)
-
-    @eqx.filter_jit
-    def adversarial(radii):
-        return jax.vmap(
-            lambda r: R.lipschitz(dot, R.adversarial_cloud(dot, m, r), tol=config.tol).value
-        )(radii)
-
-    radius_series = {
-        "dot, searched": np.asarray(sweep(dot, jnp.asarray(radii))),
-        "dot, adversarial": np.asarray(adversarial(jnp.asarray(radii))),
-        "L2, searched": np.asarray(sweep(l2, jnp.asarray(radii))),
-    }
-    radius_bounds = {
-        "bound (ours, Castin-type)": np.asarray(R.castin_bound(dot, m, jnp.asarray(radii))),
-        "L2 bound (ours, Kim-type)": np.asarray(R.kim_bound(l2, m)),
-    }
+    radius_series, radius_bounds = {}, {}
+    if config.radius_points:
+        radius_series, radius_bounds = _radius_sweep(config, dot, l2, radii, key)
 
     fits = {
         "leader, max gap": _fit(ns, series["leader, max gap"], config.n_min, config.fit_n_max),
@@ -207,9 +190,10 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         "causal adversarial": _fit(
             ns, series["causal adversarial"], config.n_min, config.fit_n_max
         ),
-        "iid ball": _fit(ns, series["iid ball"], config.n_min, config.n_max),
-        "sphere iid": _fit(ns, series["sphere iid"], config.n_min, config.n_max),
-        "L2 iid": _fit(ns, series["L2 iid"], config.n_min, config.n_max),
+        # i.i.d. clouds: the slope over the largest token counts (the mean-field regime)
+        "iid ball": _fit(ns, series["iid ball"], config.mean_field_n_min, config.n_max),
+        "sphere iid": _fit(ns, series["sphere iid"], config.mean_field_n_min, config.n_max),
+        "L2 iid": _fit(ns, series["L2 iid"], config.mean_field_n_min, config.n_max),
     }
     fits = {k: v for k, v in fits.items() if v is not None}
     # The leader holds the others while (n - 1) exp(-beta lambda R^2 / 4) is small.
@@ -242,26 +226,44 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         },
     )
 
-    shown = {k: series[k] for k in names}
-    for name in ("dot", "sphere", "L2"):
-        if len(search_ns):
-            shown[f"{name}, searched"] = (search_ns, np.asarray(searched[name]))
-    fig = plot.lipschitz_vs_n(
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.8), layout="constrained")
+    ball = {k: series[k] for k in names[:5]}
+    other = {k: series[k] for k in names[5:]}
+    if len(search_ns):
+        ball["dot, searched"] = (search_ns, np.asarray(searched["dot"]))
+        other["sphere, searched"] = (search_ns, np.asarray(searched["sphere"]))
+        other["L2, searched"] = (search_ns, np.asarray(searched["L2"]))
+    plot.lipschitz_vs_n(
         ns,
-        shown,
-        bounds=bounds,
-        fits={k: fits[k] for k in ("leader, max gap", "iid ball") if k in fits},
+        ball,
+        bounds={k: v for k, v in bounds.items() if "Castin" in k},
+        fits={
+            k: fits[k] for k in ("leader, max gap", "causal adversarial", "iid ball") if k in fits
+        },
         threshold=threshold if threshold <= ns[-1] else None,
-        title=f"Q = K = V = I, d = {d}, $\\beta$ = {beta:g}, R = {radius:g}",
+        ax=left,
+        title=f"dot-product attention in the ball R = {radius:g}, $\\beta$ = {beta:g}",
     )
+    plot.lipschitz_vs_n(
+        ns,
+        other,
+        bounds={k: v for k, v in bounds.items() if "Castin" not in k},
+        fits={k: fits[k] for k in ("sphere iid", "L2 iid") if k in fits},
+        ax=right,
+        title=f"sphere ($\\beta$ = {config.sphere_beta:g}) and L2 attention (tied, R = {radius:g})",
+    )
+    fig.suptitle(f"local Lipschitz constant of self-attention, Q = K = V = I, d = {d}")
     fig.savefig(directory / "lipschitz_vs_n.png", dpi=120)
-    fig = plot.lipschitz_vs_radius(
-        radii,
-        radius_series,
-        bounds=radius_bounds,
-        title=f"n = {m}: dot-product attention is not globally Lipschitz",
-    )
-    fig.savefig(directory / "lipschitz_vs_radius.png", dpi=120)
+    if config.radius_points:
+        fig = plot.lipschitz_vs_radius(
+            radii,
+            radius_series,
+            bounds=radius_bounds,
+            title=f"n = {m}: dot-product attention is not globally Lipschitz",
+        )
+        fig.savefig(directory / "lipschitz_vs_radius.png", dpi=120)
     if animation and last is not None:
         name = "animation.gif" if gif else "animation.mp4"
         steps = np.arange(config.search_steps)
@@ -269,8 +271,39 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             steps,
             np.asarray(last.clouds),
             directory / name,
+            frames=steps[:: max(1, config.search_steps // 50)],
             metrics={"Lipschitz constant": np.asarray(last.history)},
             fps=config.fps,
             title=f"gradient ascent on the Lipschitz constant, n = {int(search_ns[-1])}, R = {radius:g}",
             time_label="step",
         )
+
+
+def _radius_sweep(config: Config, dot, l2, radii, key):
+    m = config.radius_n
+    x0 = P.clouds.ball_uniform(jax.random.fold_in(key, 20_000), m, config.d, 1.0)
+
+    @eqx.filter_jit
+    def sweep(model, radii):
+        def one(r):
+            found = R.worst_cloud(model, x0 * r, r, steps=config.search_steps, key=key)
+            return R.lipschitz(model, found.cloud, tol=config.tol).value
+
+        return jax.vmap(one)(radii)
+
+    @eqx.filter_jit
+    def adversarial(radii):
+        return jax.vmap(
+            lambda r: R.lipschitz(dot, R.adversarial_cloud(dot, m, r), tol=config.tol).value
+        )(radii)
+
+    series = {
+        "dot, searched": np.asarray(sweep(dot, jnp.asarray(radii))),
+        "dot, adversarial": np.asarray(adversarial(jnp.asarray(radii))),
+        "L2, searched": np.asarray(sweep(l2, jnp.asarray(radii))),
+    }
+    bounds = {
+        "bound (ours, Castin-type)": np.asarray(R.castin_bound(dot, m, jnp.asarray(radii))),
+        "L2 bound (ours, Kim-type)": np.asarray(R.kim_bound(l2, m)),
+    }
+    return series, bounds

@@ -183,17 +183,31 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     )
     fig.savefig(directory / "field_vs_wasserstein.png", dpi=120)
     if animation:
+        import matplotlib.colors as mcolors
+
         name = "animation.gif" if gif else "animation.mp4"
-        both = np.concatenate([np.asarray(xs[0]), np.asarray(xs[1])], axis=1)
-        colors = ["C0"] * config.n + ["C3"] * config.n
+        # dropped tokens still move with the flow but no longer act: drawn in grey
+        kept = np.asarray(weights[2]) > 0
+        dropped_colors = np.where(
+            kept[:, None], mcolors.to_rgba_array("C0"), mcolors.to_rgba_array("0.75")
+        )
         plot.animate(
             np.asarray(ts),
-            both,
+            [np.asarray(xs[0]), np.asarray(xs[1]), np.asarray(xs[2])],
             directory / name,
-            metrics={"$W_1$(clean, noisy)": series["W1 noise"]},
-            colors=colors,
+            labels=[
+                "clean",
+                f"noise $\\sigma$ = {config.noise:g}",
+                f"{config.drop:.0%} dropped (grey)",
+            ],
+            colors=["C0", "C3", dropped_colors],
+            metrics={
+                "$W_1$ to the clean flow": np.stack(
+                    [np.zeros(len(ts)), series["W1 noise"], series["W1 drop"]]
+                )
+            },
             fps=config.fps,
-            title=title + f": clean (blue) and noisy, $\\sigma$ = {config.noise:g} (red)",
+            title=title,
         )
 
 
