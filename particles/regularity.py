@@ -4,7 +4,7 @@ stability of the flow.
 **Local Lipschitz constant.** Self-attention maps a cloud $X = (x_1, \dots, x_n)$ to the
 velocities $F(X) = (v[\mu_X](x_i))_i$, a map $\mathbb{R}^{nd} \to \mathbb{R}^{nd}$. Its local
 Lipschitz constant at $X$ is the spectral norm $\|DF(X)\|_2$ of the Jacobian, computed here
-matrix-free by power iteration on $DF^\top DF$ (one `jvp` and one `vjp` per step), so no
+matrix-free by LOBPCG or power iteration on $DF^\top DF$ (one `jvp` and one `vjp` per step), so no
 $nd \times nd$ matrix is formed and $n \sim 10^3$ is cheap. On the sphere the map is
 $X \mapsto (P_{x_i} v[\mu_X](x_i))_i$, $P_x = I - x x^\top$, taken as a map of the ambient
 $\mathbb{R}^{nd}$ (pass an `AttentionFlow` with `Sphere()`).
@@ -13,8 +13,8 @@ Castin, Ablin, Peyré (*How Smooth Is Attention?*, ICML 2024) show that on a bal
 $R$ the constant can grow like $\sqrt{n}$ (one token attended by all the others) and stays
 bounded for i.i.d. tokens (the mean-field regime); Kim, Papamakarios, Mnih (*The Lipschitz
 Constant of Self-Attention*, ICML 2021) show that dot-product attention is not globally
-Lipschitz while L2 attention with tied $K = Q$ is, with a bound of order
-$\sqrt{n}\,\log n$.
+Lipschitz while L2 attention with tied keys $K = Q$ is, with an explicit bound that grows with
+$n$.
 
 **The bounds implemented here are our own derivations** of bounds of the same form as those
 papers (each proof is in the docstring; we could not check the papers' exact constants, so
@@ -310,7 +310,9 @@ def adversarial_cloud(
 ) -> Float[Array, "n d"]:
     r"""A cloud in the ball of radius $R$ where one token is attended by all the others.
 
-    The construction described by Castin, Ablin, Peyré (2024): let $u$ be a unit eigenvector
+    The mechanism behind the $\sqrt{n}$ lower bound of Castin, Ablin, Peyré (2024): one token
+    attended by all the others, placed along an extreme eigenvector of $K^\top Q$. The exact
+    positions below are ours (we could not check the paper's). Let $u$ be a unit eigenvector
     of the symmetric part of $K^\top Q$ with eigenvalue $\lambda$ of largest modulus. The
     leader is $x_1 = R u$ (first, so that causal attention sees it too) and the $n - 1$
     others sit at $x_i = a u$, $a = R\,\cdot$ `offset`. Their logit gap towards the leader is
