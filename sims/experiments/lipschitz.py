@@ -20,9 +20,11 @@ from .._registry import experiment
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Local Lipschitz constant of self-attention against n (2 to 2048) and the radius R:
-    the sqrt(n) law of the adversarial cloud and where it stops, bounded i.i.d. clouds,
-    causal and spherical attention, L2 attention, and the upper bounds; Q = K = V = I."""
+    """Local Lipschitz constant of self-attention against n and R, next to the upper bounds.
+
+    The sqrt(n) law of the adversarial cloud (one token attended by all the others) and
+    where it stops, bounded i.i.d. clouds, causal and spherical attention, L2 attention;
+    Q = K = V = I (Castin, Ablin, Peyre 2024; Kim, Papamakarios, Mnih 2021)."""
 
     d: int = 3
     """dimension of the tokens"""

@@ -24,9 +24,10 @@ KINDS = ("noise", "drop", "duplicate", "resampled")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Mis-specified inputs (noise, dropped and duplicated tokens, a resampled cloud) through
-    the attention flow on the sphere: W1(mu_t, nu_t) against exp(L t) W1(mu_0, nu_0), and the
-    field gap against W1 at t = 0; Q = K = V = I."""
+    """Mis-specified inputs through the flow on the sphere: W1(mu_t, nu_t) against exp(L t) W1(mu_0, nu_0).
+
+    Noise, dropped and duplicated tokens, and a resampled cloud, each against the clean
+    cloud; the field gap against W1 at t = 0; Q = K = V = I (Vuckovic et al. 2020, 2021)."""
 
     n: int = 128
     """number of tokens"""
