@@ -9,6 +9,7 @@ from . import analysis as analysis
 from . import clouds as clouds
 from . import io as io
 from . import networks as networks
+from . import regularity as regularity
 from ._simulate import SOLVERS as SOLVERS
 from ._simulate import Trajectory as Trajectory
 from ._simulate import simulate as simulate

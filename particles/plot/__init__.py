@@ -25,3 +25,7 @@ from ._figures import metric_curves as metric_curves
 from ._figures import snapshots as snapshots
 from ._figures import summary_figure as summary_figure
 from ._figures import velocity_field as velocity_field
+from ._regularity import field_vs_wasserstein as field_vs_wasserstein
+from ._regularity import lipschitz_vs_n as lipschitz_vs_n
+from ._regularity import lipschitz_vs_radius as lipschitz_vs_radius
+from ._regularity import wasserstein_separation as wasserstein_separation
