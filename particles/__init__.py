@@ -7,6 +7,7 @@ diffrax. See the README for a quickstart.
 
 from . import analysis as analysis
 from . import clouds as clouds
+from . import clustering as clustering
 from . import io as io
 from ._simulate import SOLVERS as SOLVERS
 from ._simulate import Trajectory as Trajectory
