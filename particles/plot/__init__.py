@@ -1,13 +1,25 @@
 """Figures and animations of clouds and trajectories (matplotlib).
 
 Importing `particles` never imports matplotlib; importing `particles.plot` does. Plotting
-reads saved arrays (trajectories, metric time series) and never recomputes dynamics.
+reads saved arrays (trajectories, metric time series, attention matrices, velocity fields)
+and never recomputes dynamics.
 """
 
+from ._animate import InlineAnimation as InlineAnimation
+from ._animate import Renderer as Renderer
 from ._animate import animate as animate
 from ._animate import ffmpeg_path as ffmpeg_path
+from ._animate import inline as inline
+from ._figures import VIEW as VIEW
+from ._figures import Geometry as Geometry
+from ._figures import Scene as Scene
+from ._figures import camera as camera
 from ._figures import cluster_colors as cluster_colors
 from ._figures import draw_cloud as draw_cloud
+from ._figures import final_state as final_state
+from ._figures import frame as frame
+from ._figures import geometry as geometry
 from ._figures import metric_curves as metric_curves
 from ._figures import snapshots as snapshots
 from ._figures import summary_figure as summary_figure
+from ._figures import velocity_field as velocity_field

@@ -1,17 +1,30 @@
-"""Animations of trajectories: MP4 (libx264, yuv420p) through imageio-ffmpeg's binary, or GIF."""
+"""Animations of trajectories: MP4 (libx264, yuv420p) through imageio-ffmpeg, GIF, or
+inline in a notebook.
+
+Frames are rendered by blitting: the static parts of the figure (axes, sphere, metric
+curves) are drawn once, and each frame restores that background and redraws only the
+artists that move (point collections, trails, heat maps, cursors, labels), whose data are
+changed in place. The RGB buffer of each frame goes straight to the encoder: ffmpeg's
+libx264 through `imageio_ffmpeg.write_frames`, or Pillow for GIF.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import html
+import io
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import animation
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from ._figures import _is_on_sphere, _new_axis, draw_cloud
+from ._figures import VIEW, Scene, _default_size
 
 
 def ffmpeg_path() -> str:
@@ -23,70 +36,332 @@ def ffmpeg_path() -> str:
     return path
 
 
+class Renderer:
+    """Draws the frames of a `Scene` into RGB arrays `(height, width, 3)` by blitting.
+
+    `size` in inches, or `resolution = (width, height)` in pixels (which wins); the frame
+    is exactly `resolution` pixels, or `size * dpi` rounded down.
+    """
+
+    def __init__(self, ts, xs, *, size=None, resolution=None, dpi: int = 100, **options):
+        if resolution is not None:
+            w, h = resolution
+            # a quarter pixel more, so that Agg's rounding down lands on the requested size
+            size = ((w + 0.25) / dpi, (h + 0.25) / dpi)
+        size = size or _default_size(ts, xs, options.get("metrics"), options.get("attention"))
+        self.fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+        self.canvas = FigureCanvasAgg(self.fig)
+        self.scene = Scene(self.fig, ts, xs, **options)
+        for artist in self.scene.dynamic:
+            artist.set_animated(True)
+        self.canvas.draw()
+        # the layout is computed once; later frames only redraw what moves
+        self.fig.set_layout_engine("none")
+        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+
+    def __len__(self) -> int:
+        return len(self.scene.ts)
+
+    def render(self, i: int) -> np.ndarray:
+        self.scene.update(i)
+        self.canvas.restore_region(self.background)
+        for artist in self.scene.dynamic:
+            self.fig.draw_artist(artist)
+        return np.asarray(self.canvas.buffer_rgba())[..., :3]
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad to even width and height (yuv420p subsamples chroma 2x2) by repeating the last
+    row or column; returns a C-contiguous copy."""
+    h, w = frame.shape[:2]
+    return np.ascontiguousarray(np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"))
+
+
+def _write_mp4(path: Path, frames, fps: float, crf: int) -> None:
+    import imageio_ffmpeg
+
+    writer = None
+    try:
+        for frame in frames:
+            frame = _even(frame)
+            if writer is None:
+                writer = imageio_ffmpeg.write_frames(
+                    str(path),
+                    (frame.shape[1], frame.shape[0]),
+                    fps=fps,
+                    codec="libx264",
+                    pix_fmt_in="rgb24",
+                    pix_fmt_out="yuv420p",
+                    quality=None,
+                    macro_block_size=1,
+                    ffmpeg_log_level="error",
+                    output_params=[
+                        "-crf",
+                        str(crf),
+                        "-preset",
+                        "veryfast",
+                        "-movflags",
+                        "+faststart",
+                    ],
+                )
+                writer.send(None)
+            writer.send(frame)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _write_gif(path: Path, frames, fps: float) -> None:
+    from PIL import Image
+
+    images = [
+        Image.fromarray(np.ascontiguousarray(f)).quantize(
+            256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE
+        )
+        for f in frames
+    ]
+    images[0].save(
+        path,
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, round(1000 / fps)),  # GIF delays are in 1/100 s; 2 is the floor
+        loop=0,
+        disposal=1,
+    )
+
+
+class InlineAnimation:
+    """An animation to display in a notebook: an HTML5 `<video>` (MP4 embedded in base64),
+    or, where no MP4 could be made, a JavaScript player of PNG frames. `save(path)` writes
+    the MP4 (or the HTML page of the player)."""
+
+    def __init__(self, html_text: str, data: bytes | None = None, kind: str = "video"):
+        self.html, self.data, self.kind = html_text, data, kind
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if self.kind == "video":
+            path.write_bytes(self.data)
+        else:
+            path.write_text(f"<!DOCTYPE html><html><body>{self.html}</body></html>\n")
+        return path
+
+
+def _video_html(data: bytes, width: int) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return (
+        f'<video width="{width}" controls autoplay loop muted playsinline>'
+        f'<source type="video/mp4" src="data:video/mp4;base64,{b64}">'
+        "Your browser does not play HTML5 video.</video>"
+    )
+
+
+def _player_html(pngs: list[bytes], fps: float, width: int) -> str:
+    """A minimal JavaScript player: play/pause and a slider over embedded PNG frames."""
+    uid = f"pa{os.getpid()}{id(pngs)}"
+    frames = ",".join(f'"data:image/png;base64,{base64.b64encode(p).decode()}"' for p in pngs)
+    delay = max(1, round(1000 / fps))
+    return f"""
+<div id="{uid}">
+<img id="{uid}-img" width="{width}" src="data:image/png;base64,{base64.b64encode(pngs[0]).decode()}"><br>
+<button id="{uid}-btn">pause</button>
+<input id="{uid}-rng" type="range" min="0" max="{len(pngs) - 1}" value="0" style="width:60%">
+</div>
+<script>
+(function() {{
+  var frames = [{frames}], i = 0, playing = true;
+  var img = document.getElementById("{uid}-img"), rng = document.getElementById("{uid}-rng"),
+      btn = document.getElementById("{uid}-btn");
+  function show(k) {{ i = k; img.src = frames[i]; rng.value = i; }}
+  rng.oninput = function() {{ show(parseInt(rng.value)); }};
+  btn.onclick = function() {{ playing = !playing; btn.textContent = playing ? "pause" : "play"; }};
+  setInterval(function() {{ if (playing) show((i + 1) % frames.length); }}, {delay});
+}})();
+</script>"""
+
+
+def _check_options(fps, duration, dpi, resolution, crf, n_frames):
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0; got {fps}")
+    if duration is not None and not duration > 0:
+        raise ValueError(f"duration must be > 0 seconds; got {duration}")
+    if not (isinstance(dpi, (int, float)) and dpi > 0):
+        raise ValueError(f"dpi must be > 0; got {dpi}")
+    if resolution is not None:
+        if len(resolution) != 2 or not all(int(r) == r and r >= 16 for r in resolution):
+            raise ValueError(
+                f"resolution must be (width, height) in pixels, each >= 16; got {resolution}"
+            )
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in [0, 51]; got {crf}")
+    if n_frames < 1:
+        raise ValueError("frames selects no frame")
+
+
 def animate(
     ts,
     xs,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
+    labels: Sequence[str] | None = None,
     metrics: Mapping[str, np.ndarray] | None = None,
     colors=None,
-    fps: int = 20,
+    clusters=None,
+    singletons=None,
+    cmap: str = "viridis",
+    trail: int = 0,
+    attention=None,
+    fps: float = 20,
+    duration: float | None = None,
+    frames: Sequence[int] | None = None,
     dpi: int = 100,
     size: tuple[float, float] | None = None,
+    resolution: tuple[int, int] | None = None,
+    view: tuple[float, float] = VIEW,
+    point_size: float | None = None,
     title: str = "",
     time_label: str = "t",
+    time_format: str = ".3g",
+    crf: int = 20,
+    embed: str = "auto",
     progress: bool = True,
-) -> Path:
-    """Render a trajectory to `path` (`.mp4` or `.gif`): the cloud, and optionally metric
-    curves with a cursor at the current time. One frame per saved time."""
-    ts, xs = np.asarray(ts), np.asarray(xs)
-    path = Path(path)
-    if path.suffix not in (".mp4", ".gif"):
-        raise ValueError(f"animation path must end in .mp4 or .gif; got {path.name}")
-    metrics = dict(metrics or {})
-    panels = 1 + len(metrics)
-    fig = plt.figure(figsize=size or (4.2 + 3.4 * len(metrics), 4.2), dpi=dpi, layout="constrained")
-    grid = fig.add_gridspec(1, panels, width_ratios=[1.3] + [1] * len(metrics))
-    sphere = _is_on_sphere(xs[0])
-    ax = _new_axis(fig, grid[0, 0], xs.shape[-1], sphere)
-    if xs.shape[-1] == 2 and not sphere:
-        lo, hi = xs.min(axis=(0, 1)), xs.max(axis=(0, 1))
-        pad = 0.05 * (hi - lo).max()
-        ax.set_xlim(lo[0] - pad, hi[0] + pad)
-        ax.set_ylim(lo[1] - pad, hi[1] + pad)
-    cursors = []
-    for k, (name, values) in enumerate(metrics.items()):
-        m_ax = fig.add_subplot(grid[0, k + 1])
-        m_ax.plot(ts, np.asarray(values), lw=1.5)
-        m_ax.set_xlabel("time t")
-        m_ax.set_title(name)
-        m_ax.grid(alpha=0.3)
-        cursors.append(m_ax.axvline(ts[0], c="C3", lw=1))
-    if title:
-        fig.suptitle(title)
-    artist = [draw_cloud(ax, xs[0], colors=colors, sphere=sphere)]
-    label = ax.set_title(f"{time_label} = {ts[0]:.3g}")
+):
+    """Render a trajectory, or several side by side, to MP4, GIF or an inline animation.
 
-    def frame(i):
-        artist[0].remove()
-        artist[0] = draw_cloud(ax, xs[i], colors=colors, sphere=sphere)
-        label.set_text(f"{time_label} = {ts[i]:.3g}")
-        for c in cursors:
-            c.set_xdata([ts[i], ts[i]])
-        return [artist[0], label, *cursors]
+    The view follows the data (see `particles.plot.geometry`): the plane or the circle for
+    d = 2, a 3D box or the shaded sphere S^2 for d = 3, a fixed PCA projection next to a
+    histogram of pairwise cosines for d > 3. Nothing is recomputed: every panel reads the
+    arrays given.
 
-    anim = animation.FuncAnimation(fig, frame, frames=len(ts), blit=False)
-    if path.suffix == ".mp4":
-        ffmpeg_path()
-        writer = animation.FFMpegWriter(
-            fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p", "-preset", "veryfast"]
-        )
-    else:
-        writer = animation.PillowWriter(fps=fps)
-    bar = tqdm(total=len(ts), desc=f"rendering {path.name}", unit="frame", disable=not progress)
+    Args:
+        ts: saved times `(T,)` (or layer indices, with `time_label="layer"`).
+        xs: a trajectory `(T, n, d)`, or a list of them on the same times, drawn side by
+            side with shared axes.
+        path: `.mp4` (libx264, yuv420p) or `.gif`; `None` returns an `InlineAnimation` for a
+            notebook (HTML5 video, or a JavaScript player if ffmpeg fails).
+        labels: one panel title per trajectory.
+        metrics: `{name: (T,) or (k, T)}` time series, drawn with a cursor at the frame.
+        colors: a colour, RGBA `(n, 4)` / `(T, n, 4)`, or values `(n,)` / `(T, n)` mapped
+            through `cmap`; a list of these with one per trajectory.
+        clusters: integer labels `(T, n)` (from `particles.analysis.track_clusters`) or
+            `(n,)`: colour by cluster, the same colour for a cluster in every frame.
+        singletons: with `clusters`, the colour of tokens alone in their cluster (e.g.
+            `"0.65"`), so that only formed clusters are coloured.
+        trail: length in frames of the fading trail behind each token (0: none).
+        attention: attention matrices `(T, n, n)` (one per trajectory when several), drawn as
+            a heat map, rows and columns ordered by `clusters`.
+        fps: frames per second; `duration` (seconds) overrides it.
+        frames: indices of the saved times to render (default: all).
+        dpi, size, resolution: dots per inch, figure size in inches, or `(width, height)`
+            in pixels.
+        view: camera `(elevation, azimuth)` of 3D views, in degrees.
+        time_label, time_format: the label drawn in each cloud panel, `"t = 1.5"`.
+        crf: libx264 quality (0 lossless, 23 its default, 51 worst).
+        embed: inline only: `"auto"` (video, else the JavaScript player), `"video"`,
+            `"jshtml"`.
+        progress: show a progress bar.
+
+    Returns:
+        The path written, or an `InlineAnimation` when `path` is None.
+    """
+    ts = np.asarray(ts, dtype=float)
+    indices = list(range(len(ts))) if frames is None else [range(len(ts))[i] for i in frames]
+    _check_options(fps, duration, dpi, resolution, crf, len(indices))
+    if path is not None:
+        path = Path(path)
+        if path.suffix not in (".mp4", ".gif"):
+            raise ValueError(f"path must end in .mp4 or .gif; got {path.name}")
+    if embed not in ("auto", "video", "jshtml"):
+        raise ValueError(f"embed must be 'auto', 'video' or 'jshtml'; got {embed!r}")
+    if duration is not None:
+        fps = len(indices) / duration
+    renderer = Renderer(
+        ts,
+        xs,
+        size=size,
+        resolution=resolution,
+        dpi=dpi,
+        labels=labels,
+        metrics=metrics,
+        colors=colors,
+        clusters=clusters,
+        singletons=singletons,
+        cmap=cmap,
+        trail=trail,
+        attention=attention,
+        view=view,
+        point_size=point_size,
+        title=title,
+        time_label=time_label,
+        time_format=time_format,
+    )
+    name = path.name if path is not None else "animation"
+    bar = tqdm(total=len(indices), desc=f"rendering {name}", unit="frame", disable=not progress)
+
+    def stream():
+        for i in indices:
+            yield renderer.render(i)
+            bar.update(1)
+
     try:
-        anim.save(path, writer=writer, dpi=dpi, progress_callback=lambda i, n: bar.update(1))
+        if path is not None:
+            # written beside the target and renamed when complete: no half-written videos
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{path.stem}.", suffix=path.suffix, dir=path.resolve().parent
+            )
+            os.close(fd)
+            try:
+                if path.suffix == ".mp4":
+                    _write_mp4(Path(tmp), stream(), fps, crf)
+                else:
+                    _write_gif(Path(tmp), stream(), fps)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            return path
+        return _inline(renderer, stream, fps, crf, embed)
     finally:
         bar.close()
-        plt.close(fig)
-    return path
+
+
+def _inline(renderer: Renderer, stream, fps: float, crf: int, embed: str) -> InlineAnimation:
+    width = int(renderer.fig.bbox.width)
+    if embed in ("auto", "video"):
+        with tempfile.TemporaryDirectory() as tmp:
+            movie = Path(tmp) / "animation.mp4"
+            try:
+                _write_mp4(movie, stream(), fps, crf)
+                data = movie.read_bytes()
+                return InlineAnimation(_video_html(data, width), data, "video")
+            except (OSError, RuntimeError):
+                if embed == "video":
+                    raise
+    pngs = []
+    for frame in stream():
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(buf, format="png")
+        pngs.append(buf.getvalue())
+    return InlineAnimation(_player_html(pngs, fps, width), None, "jshtml")
+
+
+def inline(path: str | Path, width: int | None = None) -> InlineAnimation:
+    """Display a saved `.mp4` or `.gif` in a notebook (embedded, so the notebook carries it)."""
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix == ".mp4":
+        return InlineAnimation(_video_html(data, width or 640), data, "video")
+    if path.suffix == ".gif":
+        b64 = base64.b64encode(data).decode("ascii")
+        w = f' width="{width}"' if width else ""
+        return InlineAnimation(
+            f'<img{w} src="data:image/gif;base64,{b64}" alt="{html.escape(path.name)}">',
+            data,
+            "gif",
+        )
+    raise ValueError(f"path must end in .mp4 or .gif; got {path.name}")

@@ -13,6 +13,7 @@ import numpy as np
 import particles as P
 from particles import analysis
 
+from .. import _replay
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 
@@ -57,8 +58,6 @@ class Config:
 
 @experiment("sphere-clustering", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     key = jax.random.key(config.seed)
     x0 = P.clouds.sphere_uniform(key, config.n, config.d)
     attention = P.SelfAttention.identity(config.d, config.beta, normalization=config.normalization)
@@ -90,20 +89,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             },
         },
     )
-    labels = np.asarray(analysis.cluster_labels(xs[-1], config.cluster_tol))
-    colors = plot.cluster_colors(labels)
-    title = (
-        f"{config.normalization} attention on $S^{{{config.d - 1}}}$: "
-        f"n = {config.n}, $\\beta$ = {config.beta:g}, Q = K = V = I"
-    )
-    shown = {
-        "energy $E_\\beta$": series["energy"],
-        "clusters (tol " + f"{config.cluster_tol:g})": series["clusters"],
-    }
-    fig = plot.summary_figure(ts, xs, shown, colors=colors, title=title)
-    fig.savefig(directory / "figure.png", dpi=110)
+    # figures and animation are drawn from the files just written, exactly as
+    # `python -m sims plot` / `animate` redraw them later
+    saved = _replay.load(directory)
+    _replay.draw_figures(saved, cluster_tol=config.cluster_tol)
     if animation:
-        name = "animation.gif" if gif else "animation.mp4"
-        plot.animate(
-            ts, xs, directory / name, metrics=shown, colors=colors, fps=config.fps, title=title
-        )
+        _replay.draw_animation(saved, gif=gif, cluster_tol=config.cluster_tol, fps=config.fps)

@@ -1,0 +1,193 @@
+"""Redrawing a saved run's figures and animation from its files, without recomputing.
+
+A run directory holds `trajectory.npz` (required here), `config.json` and `metrics.json`
+(`{"ts": [...], "series": {name: [...]}}`), and optionally `arrays.npz`; an array
+`attention` `(T, n, n)` there becomes a heat-map panel of the animation. Every broken or
+missing file raises `ReplayError` with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import particles as P
+
+SERIES_SHOWN = 3  # metric panels drawn by default (the first series of metrics.json)
+
+
+class ReplayError(Exception):
+    """A run directory cannot be redrawn; the message is one line naming the file."""
+
+
+@dataclasses.dataclass
+class SavedRun:
+    directory: Path
+    experiment: str
+    config: dict[str, Any]
+    ts: np.ndarray
+    xs: np.ndarray
+    series: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def title(self) -> str:
+        shown = {k: v for k, v in self.config.items() if k in ("n", "d", "beta", "normalization")}
+        names = {"beta": r"$\beta$"}
+        params = ", ".join(
+            f"{names.get(k, k)} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+            for k, v in shown.items()
+        )
+        return f"{self.experiment}: {params}" if params else self.experiment
+
+    @property
+    def cluster_tol(self) -> float | None:
+        tol = self.config.get("cluster_tol")
+        return float(tol) if isinstance(tol, (int, float)) and tol > 0 else None
+
+
+def load(directory: str | Path) -> SavedRun:
+    """Read a run directory written by `sims.run` (or `particles.io.save_run`)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ReplayError(f"{directory}: no such run directory")
+    try:
+        trajectory = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
+        config = (
+            P.io.read_json(directory / "config.json")
+            if (directory / "config.json").exists()
+            else {}
+        )
+        metrics = (
+            P.io.read_json(directory / "metrics.json")
+            if (directory / "metrics.json").exists()
+            else {}
+        )
+        arrays = {}
+        if (directory / "arrays.npz").exists():
+            with np.load(directory / "arrays.npz") as data:
+                arrays = {k: data[k] for k in data.files}
+    except (FileNotFoundError, ValueError) as e:
+        raise ReplayError(str(e)) from None
+    except Exception as e:  # a zip or pickle error inside arrays.npz
+        raise ReplayError(f"{directory / 'arrays.npz'}: not a readable array file ({e})") from None
+    ts, xs = np.asarray(trajectory.ts), np.asarray(trajectory.xs)
+    if not np.all(np.isfinite(xs)):
+        raise ReplayError(f"{directory / P.io.TRAJECTORY_FILE}: the trajectory holds NaN or inf")
+    if not isinstance(config, dict):
+        raise ReplayError(f"{directory / 'config.json'}: expected a JSON object")
+    series = _series(directory / "metrics.json", metrics, len(ts))
+    attention = arrays.get("attention")
+    n = xs.shape[1]
+    if attention is not None and attention.shape != (len(ts), n, n):
+        raise ReplayError(
+            f"{directory / 'arrays.npz'}: attention has shape {attention.shape}, "
+            f"expected (T, n, n) = {(len(ts), n, n)}"
+        )
+    inner = config.get("config", config)
+    return SavedRun(
+        directory=directory,
+        experiment=str(config.get("experiment", directory.name)),
+        config=inner if isinstance(inner, dict) else {},
+        ts=ts,
+        xs=xs,
+        series=series,
+        arrays=arrays,
+    )
+
+
+def _series(path: Path, metrics: Any, T: int) -> dict[str, np.ndarray]:
+    """The time series of metrics.json that lie on the trajectory's times."""
+    if not metrics:
+        return {}
+    if not isinstance(metrics, dict):
+        raise ReplayError(f"{path}: expected a JSON object")
+    if "series" not in metrics:
+        return {}
+    if not isinstance(metrics["series"], dict) or "ts" not in metrics:
+        raise ReplayError(f"{path}: 'series' must be an object of lists on 'ts'")
+    try:
+        ts = np.asarray(metrics["ts"], dtype=float)
+        series = {k: np.asarray(v, dtype=float) for k, v in metrics["series"].items()}
+    except (TypeError, ValueError) as e:
+        raise ReplayError(f"{path}: series are not numbers ({e})") from None
+    if ts.shape != (T,):
+        raise ReplayError(f"{path}: 'ts' has {ts.size} times but the trajectory has {T} frames")
+    return {k: v for k, v in series.items() if v.shape == (T,)}
+
+
+def _clusters(run: SavedRun, tol: float | None):
+    if tol is None:
+        return None
+    return np.asarray(P.analysis.track_clusters(run.xs, tol))
+
+
+def draw_figures(
+    run: SavedRun,
+    *,
+    series: list[str] | None = None,
+    cluster_tol: float | None = None,
+    dpi: int = 110,
+) -> list[Path]:
+    """Write `figure.png` (snapshots over metric curves) and `final_state.png`."""
+    from particles import plot
+
+    shown = _pick(run, series)
+    clusters = _clusters(run, cluster_tol)
+    fig = plot.summary_figure(
+        run.ts, run.xs, shown, clusters=clusters, singletons="0.65", title=run.title
+    )
+    out = [run.directory / "figure.png", run.directory / "final_state.png"]
+    fig.savefig(out[0], dpi=dpi)
+    fig = plot.final_state(
+        run.ts, run.xs, clusters=clusters, singletons="0.65", title=run.title, dpi=dpi
+    )
+    fig.savefig(out[1], dpi=dpi)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    return out
+
+
+def _pick(run: SavedRun, names: list[str] | None) -> dict[str, np.ndarray]:
+    if names is None:
+        return dict(list(run.series.items())[:SERIES_SHOWN])
+    missing = [k for k in names if k not in run.series]
+    if missing:
+        raise ReplayError(
+            f"{run.directory / 'metrics.json'}: no series {missing[0]!r} "
+            f"(has: {', '.join(run.series) or 'none'})"
+        )
+    return {k: run.series[k] for k in names}
+
+
+def draw_animation(
+    run: SavedRun,
+    out: Path | None = None,
+    *,
+    gif: bool = False,
+    series: list[str] | None = None,
+    cluster_tol: float | None = None,
+    progress: bool = True,
+    **options,
+) -> Path:
+    """Write the animation of a saved run (`animation.mp4`, or `.gif`), options as in
+    `particles.plot.animate`."""
+    from particles import plot
+
+    out = out or run.directory / ("animation.gif" if gif else "animation.mp4")
+    return plot.animate(
+        run.ts,
+        run.xs,
+        out,
+        metrics=_pick(run, series),
+        clusters=_clusters(run, cluster_tol),
+        singletons="0.65",
+        attention=run.arrays.get("attention"),
+        title=run.title,
+        progress=progress,
+        **options,
+    )

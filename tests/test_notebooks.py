@@ -1,0 +1,79 @@
+"""Every notebook in `notebooks/` runs top to bottom at small size; one that raises fails.
+
+Notebooks are jupytext percent-format `.py` files. Each is converted to a notebook and
+executed by nbclient in a `python3` kernel of the interpreter running the tests, with
+`PARTICLES_SIZE=small` and the inline matplotlib backend. New notebooks join automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+TIMEOUT_PER_CELL = 300
+
+
+def _kernel_manager():
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    # no kernel directories: the native "python3" kernel of this interpreter (sys.executable),
+    # whatever kernelspecs are installed on the machine
+    specs = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)
+    return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
+def run_notebook(path: Path, tmp: Path):
+    """Execute the percent-format notebook `path` in `tmp`; returns the executed notebook."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(path)
+    env = dict(os.environ)
+    env["PARTICLES_SIZE"] = "small"
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    client = NotebookClient(
+        notebook,
+        km=_kernel_manager(),
+        timeout=TIMEOUT_PER_CELL,
+        resources={"metadata": {"path": str(tmp)}},
+    )
+    client.execute(env=env)
+    return notebook
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no *.py notebook"
+
+
+def test_the_kernel_is_this_interpreter():
+    spec = _kernel_manager().kernel_spec
+    assert spec.argv[0] == sys.executable
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path, tmp_path):
+    notebook = run_notebook(path, tmp_path)
+    errors = [
+        out
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+    assert not errors  # nbclient raises CellExecutionError first; this guards allow_errors
+
+
+def test_a_notebook_that_raises_fails(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("# %%\nx = 1\n\n# %%\nraise RuntimeError('boom in a cell')\n")
+    with pytest.raises(CellExecutionError, match="boom in a cell"):
+        run_notebook(broken, tmp_path)
