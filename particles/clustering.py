@@ -8,8 +8,9 @@ This module measures that:
 
 - metrics of one cloud, pure and `jit`/`vmap`-compatible: `effective_rank` (a
   tolerance-free cluster count), `cluster_sizes`, `cluster_centres`, `diameter`,
-  `aligned_fraction`, `min_inner_product`, `is_clustered`; of a trajectory:
-  `time_to_one_cluster`. The tolerance-based `cluster_count` / `cluster_labels`, the
+  `aligned_fraction`, `min_inner_product`, `is_clustered`, `alignment_to`; of a trajectory:
+  `time_to_one_cluster`, `cluster_series` (all of them per frame), `rescaled`, and
+  `track_clusters` (labels that follow clusters from frame to frame). The tolerance-based `cluster_count` / `cluster_labels`, the
   `mean_pairwise_cosine` and the `interaction_energy` live in `particles.analysis` and are
   re-exported here so that one import gives the whole toolkit;
 - `equiangular_rate`: the exact ODE of the common inner product of an equiangular cloud;
@@ -33,6 +34,7 @@ from .analysis import cluster_labels as cluster_labels
 from .analysis import interaction_energy as interaction_energy
 from .analysis import mean_pairwise_cosine as mean_pairwise_cosine
 from .analysis import over_time as over_time
+from .analysis import track_clusters as track_clusters
 from .attention import SelfAttention
 from .clouds import sphere_uniform
 from .flows import AttentionFlow
@@ -53,7 +55,9 @@ def effective_rank(x: Float[Array, "n d"]) -> Float[Array, ""]:
     (Roy and Vetterli, 2007). It is exactly 1 for a single cluster (rank one), exactly $k$
     for $k$ clusters of equal size whose centres are mutually orthogonal, close to $d$ for
     tokens uniform on $S^{d-1}$, and never more than $\min(n, d)$: in low dimension it
-    measures how far the cloud is from one cluster rather than counting many clusters.
+    measures how far the cloud is from one cluster rather than counting many clusters, and
+    clusters whose centres are linearly dependent count once (two antipodal clusters on
+    the circle have effective rank 1).
     It is invariant under permutations of the tokens and orthogonal maps of the space.
     "Rank collapse" of deep attention (Dong, Cordonnier, Loukas 2021) is its decay to 1.
     """
@@ -146,6 +150,60 @@ def time_to_one_cluster(
     return jnp.where(stays[-1], ts[first], jnp.inf).astype(ts.dtype)
 
 
+def alignment_to(x: Float[Array, "n d"], index: int = 0) -> Float[Array, ""]:
+    r"""Mean cosine $\frac{1}{n-1}\sum_{i \ne k} \cos\angle(x_i, x_k)$ of the other tokens
+    with token $k$ = `index`: 1 when every token has joined token $k$.
+
+    Under a causal mask token 0 sees only itself, so on the sphere it does not move and the
+    others are drawn to it: this is how far they have gone.
+    """
+    n = x.shape[0]
+    u = x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    cos = u @ u[index]
+    return jnp.where(n > 1, (jnp.sum(cos) - cos[index]) / max(n - 1, 1), 1.0).astype(x.dtype)
+
+
+def rescaled(
+    ts: Float[Array, " T"], xs: Float[Array, "T n d"], V: Float[Array, "d d"] | None = None
+) -> Float[Array, "T n d"]:
+    r"""$z_i(t) = e^{-tV} x_i(t)$: Euclidean tokens with the linear growth of the value
+    matrix removed ($e^{-t} x_i(t)$ for `V = None`, i.e. $V = I$).
+
+    With $V = I$ and $Q^\top K \succ 0$ the $z_i$ converge to the vertices of a convex
+    polytope; with a $V$ whose top eigenvalue is simple and positive they gather on a few
+    hyperplanes orthogonal to its eigenvector (Geshkovski, Letrouit, Polyanskiy, Rigollet
+    2023, sections 4 and 5).
+    """
+    ts = jnp.asarray(ts)
+    if V is None:
+        return jnp.exp(-ts)[:, None, None] * xs
+    decay = jax.vmap(lambda t: jax.scipy.linalg.expm(-t * V))(ts)
+    return jnp.einsum("tij,tnj->tni", decay, xs)
+
+
+def cluster_series(
+    xs: Float[Array, "T n d"], beta, *, tol: float = 1e-2, eps: float = 1e-3
+) -> dict[str, Float[Array, " T"]]:
+    r"""The cluster metrics of every frame of a trajectory, as a dict of `(T,)` series.
+
+    Keys: `clusters` (`cluster_count` at `tol`), `effective_rank`, `diameter`,
+    `mean_cosine`, `aligned_fraction` (at `eps`), `energy` ($E_\beta$ of
+    `interaction_energy`, uniform weights). Jittable and vmappable (over trajectories).
+    """
+
+    def frame(x):
+        return {
+            "clusters": cluster_count(x, tol),
+            "effective_rank": effective_rank(x),
+            "diameter": diameter(x),
+            "mean_cosine": mean_pairwise_cosine(x),
+            "aligned_fraction": aligned_fraction(x, eps),
+            "energy": interaction_energy(x, beta),
+        }
+
+    return jax.vmap(frame)(xs)
+
+
 # ---------------------------------------------------------------------------------------
 # the equiangular closed form
 
@@ -209,6 +267,8 @@ class PhaseDiagram(eqx.Module):
     Attributes:
         betas: inverse temperatures, shape `(B,)`.
         ts: saved times, shape `(T,)`.
+        x0: the starting clouds, shape `(R, n, d)`, shared by every beta.
+        final: each member's cloud at `ts[-1]`, shape `(B, R, n, d)`.
         min_inner: $\min_{i \ne j}\langle x_i(t), x_j(t)\rangle$ of each member at each saved
             time, shape `(B, R, T)`: the whole ensemble, compressed to the number that
             decides "one cluster" for every threshold.
@@ -219,6 +279,8 @@ class PhaseDiagram(eqx.Module):
 
     betas: Float[Array, " B"]
     ts: Float[Array, " T"]
+    x0: Float[Array, "R n d"]
+    final: Float[Array, "B R n d"]
     min_inner: Float[Array, "B R T"]
     num_steps: Int[Array, "B R"]
     result: Int[Array, "B R"]
@@ -247,6 +309,7 @@ def phase_diagram(
     rtol: float = 1e-5,
     atol: float = 1e-6,
     max_steps: int = 100_000,
+    starts: Float[Array, "R n d"] | None = None,
 ) -> PhaseDiagram:
     r"""Simulate `runs` clouds uniform on $S^{d-1}$ for every $\beta$, in one vmapped solve.
 
@@ -265,6 +328,9 @@ def phase_diagram(
         runs: random starts per beta.
         normalization: `"softmax"` (SA) or `"unnormalized"` (USA).
         solver, rtol, atol, max_steps: as in `simulate` (adaptive steps).
+        starts: given starting clouds `(R, n, d)` on the sphere, used instead of drawing
+            them from `key` (then `n`, `d` and `runs` are read from its shape); e.g. the same
+            starts in float32 and float64 for a precision study.
 
     Returns:
         A `PhaseDiagram`; `.probability(eps)` is the `(B, T)` heat map.
@@ -288,11 +354,17 @@ def phase_diagram(
         raise ValueError(f"ts must be a 1-d array of at least two times; got shape {ts.shape}")
     if is_concrete(ts) and not np.all(np.diff(np.asarray(ts)) > 0):
         raise ValueError("ts must be strictly increasing")
-    x0 = jax.vmap(lambda k: sphere_uniform(k, n, d))(jax.random.split(key, runs))
-    min_inner, steps, result = _phase_diagram(
+    if starts is None:
+        x0 = jax.vmap(lambda k: sphere_uniform(k, n, d))(jax.random.split(key, runs))
+    else:
+        x0 = jnp.asarray(starts)
+        if x0.ndim != 3:
+            raise ValueError(f"starts must have shape (runs, n, d); got {x0.shape}")
+    x0 = x0.astype(ts.dtype)
+    final, min_inner, steps, result = _phase_diagram(
         betas.astype(ts.dtype),
         ts,
-        x0.astype(ts.dtype),
+        x0,
         normalization=normalization,
         solver=solver,
         rtol=rtol,
@@ -305,7 +377,15 @@ def phase_diagram(
             f"phase_diagram: {failed} of {result.size} members failed (max_steps={max_steps} "
             "reached or the solve diverged); raise max_steps or loosen rtol/atol"
         )
-    return PhaseDiagram(betas=betas, ts=ts, min_inner=min_inner, num_steps=steps, result=result)
+    return PhaseDiagram(
+        betas=betas,
+        ts=ts,
+        x0=x0,
+        final=final,
+        min_inner=min_inner,
+        num_steps=steps,
+        result=result,
+    )
 
 
 @eqx.filter_jit
@@ -319,7 +399,7 @@ def _phase_diagram(betas, ts, x0, *, normalization, solver, rtol, atol, max_step
             flow, x, ts, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, throw=False
         )
         code = jnp.where(traj.result == diffrax.RESULTS.successful, 0, 1)
-        return over_time(min_inner_product, traj.xs), traj.num_steps, code
+        return traj.final, over_time(min_inner_product, traj.xs), traj.num_steps, code
 
     over_starts = jax.vmap(member, in_axes=(None, 0))
     return jax.vmap(over_starts, in_axes=(0, None))(betas, x0)

@@ -256,13 +256,17 @@ def test_phase_diagram_probabilities(x64, small_diagram):
 def test_ensemble_member_equals_solo_run(x64, small_diagram):
     pd = small_diagram
     b, r = 1, 5
-    keys = jax.random.split(jax.random.key(0), 24)
-    x0 = P.clouds.sphere_uniform(keys[r], 8, 3)
+    x0 = pd.x0[r]
+    # the starts are uniform random clouds drawn from the key, one per run
+    np.testing.assert_array_equal(
+        x0, P.clouds.sphere_uniform(jax.random.split(jax.random.key(0), 24)[r], 8, 3)
+    )
     flow = _sphere_flow(3, float(pd.betas[b]), "softmax")
     solo = P.simulate(flow, x0, pd.ts, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         pd.min_inner[b, r], P.analysis.over_time(C.min_inner_product, solo.xs), atol=1e-12
     )
+    np.testing.assert_allclose(pd.final[b, r], solo.final, atol=1e-12)
     assert int(pd.num_steps[b, r]) == int(solo.num_steps)
     # members stop at their own step counts: the batch is not one lock-stepped solve
     assert len(np.unique(np.asarray(pd.num_steps))) > 1
