@@ -297,7 +297,7 @@ class PhaseDiagram(eqx.Module):
 
 
 def phase_diagram(
-    key: PRNGKeyArray,
+    key: PRNGKeyArray | None,
     betas: Float[Array, " B"],
     ts: Float[Array, " T"],
     *,
@@ -321,7 +321,7 @@ def phase_diagram(
     Transformers*, 2023, phase diagram of section 5).
 
     Args:
-        key: PRNG key of the starting clouds.
+        key: PRNG key of the starting clouds (ignored, and may be None, with `starts`).
         betas: inverse temperatures, shape `(B,)`, all > 0.
         ts: increasing save times, shape `(T,)`.
         n, d: tokens per cloud and ambient dimension ($S^{d-1}$).
@@ -355,6 +355,8 @@ def phase_diagram(
     if is_concrete(ts) and not np.all(np.diff(np.asarray(ts)) > 0):
         raise ValueError("ts must be strictly increasing")
     if starts is None:
+        if key is None:
+            raise ValueError("phase_diagram needs a PRNG key, or the starting clouds as starts=")
         x0 = jax.vmap(lambda k: sphere_uniform(k, n, d))(jax.random.split(key, runs))
     else:
         x0 = jnp.asarray(starts)

@@ -295,3 +295,81 @@ def test_phase_diagram_reports_failed_members(key):
     ts = jnp.linspace(0.0, 1.0, 3)
     with pytest.raises(RuntimeError, match="2 of 2 members failed"):
         C.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, max_steps=1)
+
+
+# --- experiments ---------------------------------------------------------------------------
+
+
+def _experiment(name):
+    import sims
+
+    return sims.get(name).config
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("clustering", {"betas": ()}, "betas must be a non-empty list"),
+        ("clustering", {"eps": 0.0}, "eps must be > 0"),
+        ("metastability", {"t_first": 5.0, "t1": 1.0}, "t_first must be < t1"),
+        ("metastability", {"dims": (1,)}, "dims must be a non-empty list of values >= 2"),
+        ("polytope", {"contrast_eigenvalue": 1.0}, "contrast_eigenvalue must be < 1"),
+        ("causal", {"n": 1}, "n must be >= 2"),
+        ("phase-diagram", {"runs": 0}, "runs must be > 0"),
+        ("phase-diagram", {"beta_max_usa": 0.1}, "beta_max_usa must be >= beta_min"),
+        ("phase-diagram", {"normalizations": ("sinkhorn",)}, "normalizations must be"),
+    ],
+)
+def test_experiment_configs_reject_bad_values(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        _experiment(name)(**params)
+
+
+def test_phase_diagram_experiment_writes_probabilities(tmp_path):
+    import sims
+
+    config = _experiment("phase-diagram")(
+        n=6, runs=8, num_betas=2, beta_max=2.0, beta_max_usa=1.0, t1=6.0, frames=4
+    )
+    out = sims.run(config, tmp_path / "run", animation=False)
+    metrics = P.io.read_json(out / "metrics.json")
+    for name in ("SA", "USA"):
+        numbers = metrics["phase_diagram"][name]
+        p = np.asarray(numbers["probability"])
+        assert p.shape == (2, 4)
+        assert np.all((p >= 0) & (p <= 1))
+        assert numbers["members"] == 16
+        assert numbers["steps_min"] <= numbers["steps_median"] <= numbers["steps_max"]
+        assert 0 < numbers["batch_efficiency"] <= 1
+    with np.load(out / "phase_diagram.npz") as data:
+        assert data["min_inner_SA"].shape == (2, 8, 4)
+    assert (out / "phase_diagram.png").stat().st_size > 0
+    assert (out / P.io.TRAJECTORY_FILE).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("clustering", {"n": 8, "betas": (1.0,), "random_qkv": 1, "t1": 20.0, "frames": 11}),
+        ("metastability", {"n": 8, "dims": (2,), "betas": (9.0,), "t1": 50.0, "frames": 11}),
+        ("polytope", {"n": 8, "t1": 4.0, "frames": 11}),
+        ("causal", {"n": 8, "betas": (1.0,), "t1": 20.0, "frames": 11}),
+    ],
+)
+def test_experiments_run_at_smoke_size(tmp_path, name, params):
+    import sims
+
+    out = sims.run(_experiment(name)(**params), tmp_path / "run", gif=True)
+    metrics = P.io.read_json(out / "metrics.json")
+    assert len(metrics["ts"]) == 11
+    for values in metrics["series"].values():
+        assert len(values) == 11
+    assert (out / "animation.gif").stat().st_size > 0
+    with np.load(out / "arrays.npz") as data:
+        assert {"names"} < set(data.files)
+    if name == "causal":
+        # the first token sees only itself: it never moves
+        assert max(metrics["first_token_displacement"].values()) < 1e-6
+    if name == "clustering":
+        assert metrics["final"]["clusters"]["SA beta=1"] == 1

@@ -206,14 +206,18 @@ def polytope(
 
 
 def phase_figure(
-    ts, betas, probabilities: Mapping[str, np.ndarray], num_steps: Mapping[str, np.ndarray]
+    ts,
+    betas: Mapping[str, np.ndarray],
+    probabilities: Mapping[str, np.ndarray],
+    num_steps: Mapping[str, np.ndarray],
 ) -> Figure:
-    """Phase diagrams side by side (one per normalization) above their step counts."""
+    """Phase diagrams side by side (one per name, e.g. "SA", "USA") above their step counts;
+    `betas`, `probabilities` `(B, T)` and `num_steps` `(B, R)` are keyed by the same names."""
     k = len(probabilities)
     fig, axes = plt.subplots(
         2, k, figsize=(5.0 * k, 7.2), squeeze=False, layout="constrained", height_ratios=[1.2, 1]
     )
     for j, name in enumerate(probabilities):
-        phase_heatmap(ts, betas, probabilities[name], ax=axes[0, j], title=name)
-        step_counts(betas, num_steps[name], ax=axes[1, j])
+        phase_heatmap(ts, betas[name], probabilities[name], ax=axes[0, j], title=name)
+        step_counts(betas[name], num_steps[name], ax=axes[1, j])
     return fig
