@@ -9,10 +9,10 @@ This module measures that:
 - metrics of one cloud, pure and `jit`/`vmap`-compatible: `effective_rank` (a
   tolerance-free cluster count), `cluster_sizes`, `cluster_centres`, `diameter`,
   `aligned_fraction`, `min_inner_product`, `is_clustered`, `alignment_to`; of a trajectory:
-  `time_to_one_cluster`, `cluster_series` (all of them per frame), `rescaled`, and
-  `track_clusters` (labels that follow clusters from frame to frame). The tolerance-based `cluster_count` / `cluster_labels`, the
-  `mean_pairwise_cosine` and the `interaction_energy` live in `particles.analysis` and are
-  re-exported here so that one import gives the whole toolkit;
+  `time_to_one_cluster`, `cluster_series` (all of them per frame), `rescaled`. The
+  tolerance-based `cluster_count` / `cluster_labels`, `track_clusters` (labels that follow
+  clusters from frame to frame), `mean_pairwise_cosine` and `interaction_energy` live in
+  `particles.analysis` and are re-exported here, so that one import gives the toolkit;
 - `equiangular_rate`: the exact ODE of the common inner product of an equiangular cloud;
 - `phase_diagram`: the probability of being one cluster over $(t, \beta)$, from one
   vmapped ensemble of random starts over the whole $\beta$ grid.
