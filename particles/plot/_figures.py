@@ -304,9 +304,6 @@ class CloudPanel:
         if self.depth is not None:
             self.depth_scale = max(float(np.abs(self.depth).max()), 1e-12)
         self.artists = []
-        if self.trail:
-            self.trails = LineCollection([], linewidths=max(0.4, size**0.5 / 4), zorder=1)
-            self.artists.append(self.trails)
         empty = np.zeros((0, 2))
         if geo.kind == "sphere":
             self.back = ax.scatter(*empty.T, s=size, edgecolors="none", zorder=2)
@@ -318,6 +315,11 @@ class CloudPanel:
                 interpolation="bilinear",
             )
             self.artists += [self.back, self.shade]
+        if self.trail:
+            # over the shade of the sphere (far segments are dimmed instead), under the tokens
+            self.trails = LineCollection([], linewidths=max(0.5, size**0.5 / 4), zorder=3.8)
+            ax.add_collection(self.trails, autolim=False)
+            self.artists.append(self.trails)
         self.front = ax.scatter(*empty.T, s=size, edgecolors="none", zorder=4)
         self.artists.append(self.front)
 
@@ -360,8 +362,16 @@ class CloudPanel:
         colors[..., 3] *= 0.6 * age[:, None]
         if self.geo.kind == "sphere":
             colors[..., 3] *= np.where(self.depth[lo + 1 : i + 1] < 0, _DIM, 1.0)
-        self.trails.set_segments(segments)
-        self.trails.set_colors(colors.reshape(-1, 4))
+        # one polyline (segments separated by NaN) per distinct colour: Agg draws a few long
+        # paths much faster than thousands of separately coloured segments
+        colors = colors.reshape(-1, 4)
+        unique, group = np.unique(colors, axis=0, return_inverse=True)
+        order = np.argsort(group.ravel(), kind="stable")
+        gap = np.full((len(segments), 1, 2), np.nan)
+        pieces = np.concatenate([segments, gap], axis=1)[order]
+        bounds = np.cumsum(np.bincount(group.ravel(), minlength=len(unique)))[:-1]
+        self.trails.set_segments([p.reshape(-1, 2) for p in np.split(pieces, bounds)])
+        self.trails.set_colors(unique)
 
 
 def _pairwise_cosine_histograms(xs: np.ndarray, bins: int = _HIST_BINS) -> np.ndarray:
