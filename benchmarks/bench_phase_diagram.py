@@ -225,24 +225,32 @@ def main(argv=None):
     ks = np.array([p["steps"] for p in curve], float)
     errs = np.array([p["error"]["median"] for p in curve])
     slope, intercept = np.polyfit(np.log(ks), np.log(errs), 1)
-    target = out["particles"]["error"]["median"]
-    steps_to_match = float(np.exp((np.log(target) - intercept) / slope))
-    equal_time_steps = seconds / per_step
     out["torch_euler"] = {
         "seconds_per_step_full_batch": per_step,
         "error_curve": curve,
         "loglog_slope": float(slope),
-        "steps_to_match_particles_median_error": steps_to_match,
-        "steps_to_match_measured": bool(steps_to_match <= ks.max()),
-        "seconds_to_match_particles": steps_to_match * per_step,
-        "steps_in_particles_time": equal_time_steps,
-        "median_error_in_particles_time": float(
-            np.exp(intercept + slope * np.log(equal_time_steps))
-        ),
     }
-    out["speedup_at_equal_accuracy"] = steps_to_match * per_step / seconds
+    out["comparison"] = []
+    for ours in out["particles"]:
+        steps_to_match = float(np.exp((np.log(ours["error"]["median"]) - intercept) / slope))
+        # Euler with as many steps as fit in particles' time, measured on the checked starts
+        equal = max(saves, int(ours["seconds"] / per_step) // saves * saves)
+        out["comparison"].append(
+            {
+                "rtol": ours["rtol"],
+                "particles_seconds": ours["seconds"],
+                "particles_median_error": ours["error"]["median"],
+                "euler_steps_to_match": steps_to_match,
+                "euler_steps_to_match_within_measured_range": bool(
+                    ks.min() <= steps_to_match <= ks.max()
+                ),
+                "euler_seconds_to_match": steps_to_match * per_step,
+                "speedup_at_equal_accuracy": steps_to_match * per_step / ours["seconds"],
+                "euler_in_particles_time": euler_point(equal),
+            }
+        )
     out["machine"]["loadavg_end"] = os.getloadavg()
-    print(json.dumps({k: out[k] for k in ("torch_euler", "speedup_at_equal_accuracy")}, indent=1))
+    print(json.dumps(out["comparison"], indent=1))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -328,12 +328,14 @@ def test_experiment_configs_reject_bad_values(name, params, message):
 def test_phase_diagram_experiment_writes_probabilities(tmp_path):
     import sims
 
+    # USA runs the same code path with another static option (and a second compilation):
+    # covered by the slow smoke tests
     config = _experiment("phase-diagram")(
-        n=6, runs=8, num_betas=2, beta_max=2.0, beta_max_usa=1.0, t1=6.0, frames=4
+        n=6, runs=8, num_betas=2, beta_max=2.0, t1=6.0, frames=4, normalizations=("softmax",)
     )
     out = sims.run(config, tmp_path / "run", animation=False)
     metrics = P.io.read_json(out / "metrics.json")
-    for name in ("SA", "USA"):
+    for name in ("SA",):
         numbers = metrics["phase_diagram"][name]
         p = np.asarray(numbers["probability"])
         assert p.shape == (2, 4)
@@ -355,6 +357,7 @@ def test_phase_diagram_experiment_writes_probabilities(tmp_path):
         ("metastability", {"n": 8, "dims": (2,), "betas": (9.0,), "t1": 50.0, "frames": 11}),
         ("polytope", {"n": 8, "t1": 4.0, "frames": 11}),
         ("causal", {"n": 8, "betas": (1.0,), "t1": 20.0, "frames": 11}),
+        ("phase-diagram", {"n": 6, "runs": 4, "num_betas": 2, "t1": 20.0, "frames": 11}),
     ],
 )
 def test_experiments_run_at_smoke_size(tmp_path, name, params):
@@ -373,3 +376,7 @@ def test_experiments_run_at_smoke_size(tmp_path, name, params):
         assert max(metrics["first_token_displacement"].values()) < 1e-6
     if name == "clustering":
         assert metrics["final"]["clusters"]["SA beta=1"] == 1
+    if name == "phase-diagram":
+        for numbers in metrics["phase_diagram"].values():
+            p = np.asarray(numbers["probability"])
+            assert p.shape == (2, 11) and np.all((p >= 0) & (p <= 1))
