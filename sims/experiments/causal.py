@@ -20,9 +20,10 @@ from . import _clusterkit
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Causal (masked) self-attention on the sphere: token 0 sees only itself and stays put,
-    and the others are drawn to it, faster for small beta (Castin, Ablin, Peyre 2024;
-    Geshkovski et al. 2023)."""
+    """Causal attention on the sphere: the first token attracts all the others.
+
+    Token 0 sees only itself and stays put; the others are drawn to it, faster for small
+    beta (Castin, Ablin, Peyre 2024; Geshkovski et al. 2023)."""
 
     n: int = 32
     """number of tokens"""

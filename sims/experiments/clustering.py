@@ -20,8 +20,10 @@ from . import _clusterkit
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One cluster from random starts on S^{d-1}, Q = K = V = I, SA and USA at several betas,
-    and random Q, K, V for contrast (Geshkovski, Letrouit, Polyanskiy, Rigollet 2023)."""
+    """Random clouds on S^{d-1} collapse to one cluster, SA and USA at several betas.
+
+    Q = K = V = I, plus random Q, K, V for contrast (Geshkovski, Letrouit, Polyanskiy,
+    Rigollet 2023)."""
 
     n: int = 32
     """number of tokens"""

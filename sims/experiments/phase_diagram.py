@@ -22,9 +22,10 @@ _SHORT = {"softmax": "SA", "unnormalized": "USA"}
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Phase diagram: the probability that n random tokens on S^{d-1} are one cluster at
-    time t, over (t, beta), for SA and USA (Geshkovski, Letrouit, Polyanskiy, Rigollet,
-    A mathematical perspective on Transformers, 2023)."""
+    """Phase diagram: P(one cluster at time t) over (t, beta), SA and USA, one vmapped ensemble.
+
+    n random tokens on S^{d-1}, `runs` starts per beta (Geshkovski, Letrouit, Polyanskiy,
+    Rigollet, A mathematical perspective on Transformers, 2023)."""
 
     n: int = 32
     """tokens per cloud"""

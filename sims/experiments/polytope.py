@@ -19,9 +19,11 @@ from . import _clusterkit
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """In the plane with V = I and Q^T K positive definite, the rescaled tokens exp(-t) x_i(t)
-    converge to the vertices of a convex polytope; a V with a simple positive top eigenvalue
-    gathers them on lines instead (Geshkovski, Letrouit, Polyanskiy, Rigollet 2023)."""
+    """Euclidean tokens rescaled by exp(-t) converge to the vertices of a convex polytope.
+
+    In the plane with V = I and Q^T K positive definite; a V with a simple positive top
+    eigenvalue gathers them on lines instead (Geshkovski, Letrouit, Polyanskiy, Rigollet
+    2023)."""
 
     n: int = 40
     """number of tokens (in the plane R^2)"""
