@@ -69,7 +69,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     A = jnp.eye(2) + config.qk_noise * jax.random.normal(key_q, (2, 2))
     values = {
         "V = I": jnp.eye(2),
-        "V = diag(1, %g)" % config.contrast_eigenvalue: jnp.diag(
+        f"V = diag(1, {config.contrast_eigenvalue:g})": jnp.diag(
             jnp.array([1.0, config.contrast_eigenvalue])
         ),
     }
