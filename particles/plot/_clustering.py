@@ -170,8 +170,9 @@ def polytope(
     hull: bool = True,
     trails: bool = True,
 ):
-    r"""Rescaled planar tokens $z_i(t) = e^{-t} x_i(t)$: their paths (faint), their final
-    positions, and the convex hull of the final positions (Geshkovski et al. 2023: the
+    r"""Rescaled planar tokens $z_i(t)$ (e.g. $e^{-t} x_i(t)$, from
+    `particles.clustering.rescaled`): their paths (faint), their final positions, and the
+    convex hull of the final positions (Geshkovski et al. 2023: the
     $z_i$ converge to vertices of a convex polytope when $V = I$, $Q^\top K \succ 0$).
 
     Args:
@@ -197,8 +198,8 @@ def polytope(
             ax.plot(closed[:, 0], closed[:, 1], c="C0", lw=1.2, zorder=2)
     ax.scatter(final[:, 0], final[:, 1], s=22, c=colors if colors is not None else "C3", zorder=3)
     ax.set_aspect("equal")
-    ax.set_xlabel(r"$e^{-t} x_1$")
-    ax.set_ylabel(r"$e^{-t} x_2$")
+    ax.set_xlabel(r"$z_1$")
+    ax.set_ylabel(r"$z_2$")
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
