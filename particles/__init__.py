@@ -7,6 +7,7 @@ diffrax. See the README for a quickstart.
 
 from . import analysis as analysis
 from . import clouds as clouds
+from . import clustering as clustering
 from . import io as io
 from . import networks as networks
 from . import regularity as regularity

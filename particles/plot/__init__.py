@@ -10,6 +10,12 @@ from ._animate import Renderer as Renderer
 from ._animate import animate as animate
 from ._animate import ffmpeg_path as ffmpeg_path
 from ._animate import inline as inline
+from ._clustering import convex_hull as convex_hull
+from ._clustering import phase_figure as phase_figure
+from ._clustering import phase_heatmap as phase_heatmap
+from ._clustering import polytope as polytope
+from ._clustering import run_curves as run_curves
+from ._clustering import step_counts as step_counts
 from ._deep import convergence_figure as convergence_figure
 from ._deep import depth_error_figure as depth_error_figure
 from ._figures import VIEW as VIEW

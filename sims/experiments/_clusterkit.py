@@ -1,0 +1,85 @@
+"""Writing several runs of one clustering experiment into a run directory.
+
+Shared by the clustering experiments: `metrics.json` holds every run's series as
+`"<metric> [<run>]"` (each on `ts`, so `python -m sims plot` can redraw them), the main run
+is `trajectory.npz`, and `arrays.npz` holds every run's clouds and tracked cluster labels.
+No mathematics here: every number comes from `particles`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import particles as P
+from particles import clustering
+
+
+def tracked_labels(xs, tol: float) -> np.ndarray:
+    """Cluster labels that follow clusters over time, for a stack of trajectories (k, T, n, d)."""
+    return np.asarray(jax.vmap(lambda x: clustering.track_clusters(x, tol))(xs))
+
+
+def flat_series(names: list[str], series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`{metric: (k, T)}` -> `{"metric [run]": (T,)}`."""
+    return {
+        f"{metric} [{name}]": np.asarray(values)[j]
+        for metric, values in series.items()
+        for j, name in enumerate(names)
+    }
+
+
+def save(
+    directory: Path,
+    groups: list,
+    names: list[str],
+    series: dict[str, np.ndarray],
+    *,
+    main: int = 0,
+    labels: list[np.ndarray] | None = None,
+    **numbers,
+) -> None:
+    """Write `trajectory.npz` (run `main`), `arrays.npz` (every run) and `metrics.json`.
+
+    Args:
+        groups: `Trajectory`s whose arrays carry a leading run axis (one group per cloud
+            shape); their runs, in order, are named by `names`.
+        names: the run names.
+        series: `{metric: (k, T)}` time series, one row per run.
+        labels: tracked cluster labels `(k_g, T, n)` per group.
+        numbers: further entries of metrics.json.
+    """
+    runs = [
+        jax.tree_util.tree_map(lambda a, j=j: a[j], g) for g in groups for j in range(len(g.ts))
+    ]
+    pick = runs[main]
+    P.io.save_trajectory(directory / P.io.TRAJECTORY_FILE, pick)
+    arrays = {"names": np.asarray(names)}
+    for g, group in enumerate(groups):
+        suffix = "" if len(groups) == 1 else f"_{g}"
+        arrays["xs" + suffix] = np.asarray(group.xs)
+        if labels is not None:
+            arrays["labels" + suffix] = np.asarray(labels[g])
+    np.savez(directory / "arrays.npz", **arrays)
+    steps = np.array([int(r.num_steps) for r in runs])
+    rejected = np.array([int(r.num_rejected) for r in runs])
+    P.io.write_json(
+        directory / "metrics.json",
+        {
+            "ts": np.asarray(pick.ts),
+            "series": flat_series(names, series),
+            "runs": names,
+            "main_run": names[main],
+            "final": {
+                metric: {name: np.asarray(values)[j][-1] for j, name in enumerate(names)}
+                for metric, values in series.items()
+            },
+            "solver": {
+                "num_steps": dict(zip(names, steps.tolist(), strict=True)),
+                "num_rejected": dict(zip(names, rejected.tolist(), strict=True)),
+            },
+            **numbers,
+        },
+    )
