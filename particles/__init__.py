@@ -8,6 +8,8 @@ diffrax. See the README for a quickstart.
 from . import analysis as analysis
 from . import clouds as clouds
 from . import io as io
+from . import meanfield as meanfield
+from . import wasserstein as wasserstein
 from ._simulate import SOLVERS as SOLVERS
 from ._simulate import Trajectory as Trajectory
 from ._simulate import simulate as simulate
