@@ -310,8 +310,8 @@ class GaussianSolution(eqx.Module):
         )
 
 
-def _attention_at(model):
-    """(attention at time t, jump times) for an attention operator or a Euclidean flow."""
+def _check_model(model):
+    """Check that `model` has a Gaussian closed form; return its jump times (or None)."""
     if isinstance(model, AttentionFlow):
         if not isinstance(model.space, Euclidean):
             raise ValueError(
@@ -323,9 +323,30 @@ def _attention_at(model):
                 "keep Gaussians Gaussian"
             )
         _heads(model.attention_at(0.0))
-        return model.attention_at, model.jump_times()
+        return model.jump_times()
     _heads(model)
-    return (lambda t: model), None
+    return None
+
+
+def _at(model, t):
+    return model.attention_at(t) if isinstance(model, AttentionFlow) else model
+
+
+def _gaussian_rhs(t, state, args):
+    model, _ = args
+    m, S, Phi = state
+    B, c = affine_field(_at(model, t), m, S)
+    BS = B @ S
+    return B @ m + c, BS + BS.T, B @ Phi
+
+
+def _size(state):
+    m, S, _ = state
+    return jnp.maximum(jnp.linalg.norm(S), jnp.sum(m**2))
+
+
+def _crossed(t, y, args, **kwargs):
+    return _size(y) / args[1] - 1
 
 
 def gaussian_flow(
@@ -372,13 +393,13 @@ def gaussian_flow(
     Returns:
         A `GaussianSolution`.
     """
-    attention_at, jumps = _attention_at(model)
+    jumps = _check_model(model)
     if solver not in SOLVERS or solver == "euler":
         raise ValueError(
             f"solver must be an adaptive solver of {', '.join(SOLVERS)}; got {solver!r}"
         )
     mean, cov = jnp.asarray(mean), jnp.asarray(cov)
-    d = attention_at(0.0).Q.shape[-1]
+    d = _at(model, 0.0).Q.shape[-1]
     if mean.shape != (d,):
         raise ValueError(f"mean must have shape ({d},); got {mean.shape}")
     if cov.shape != (d, d):
@@ -400,38 +421,29 @@ def gaussian_flow(
     if max_norm is not None and not max_norm > 0:
         raise ValueError(f"max_norm must be > 0; got {max_norm}")
 
-    def field(t, state, args):
-        m, S, Phi = state
-        B, c = affine_field(attention_at(t), m, S)
-        BS = B @ S
-        return B @ m + c, BS + BS.T, B @ Phi
-
-    def size(state):
-        m, S, _ = state
-        return jnp.maximum(jnp.linalg.norm(S), jnp.sum(m**2))
-
-    eps = float(jnp.finfo(dtype).eps)
     y0 = (mean, cov, jnp.eye(d, dtype=dtype))
+    eps = float(jnp.finfo(dtype).eps)
     # Near a Riccati blow-up |S| ~ 1/(t* - t): a crossing at |S| = H happens ~1/H before t*,
     # which the dtype resolves only while 1/H >> eps t*. Hence the default H = eps^(-1/2).
-    threshold = eps**-0.5 * jnp.maximum(1, size(y0)) if max_norm is None else max_norm
-
-    def crossed(t, y, args, **kwargs):
-        return size(y) / threshold - 1
-
+    threshold = eps**-0.5 * jnp.maximum(1, _size(y0)) if max_norm is None else max_norm
+    threshold = jnp.asarray(threshold, dtype)
     # float32 cannot honour 1e-10; its default tolerances sit a decade above its rounding.
     default_tol = 1e-10 if dtype == jnp.float64 else 1e-6
     rtol = default_tol if rtol is None else rtol
     atol = default_tol if atol is None else atol
-    # Root-find the crossing time to a tolerance the dtype can reach.
-    event = diffrax.Event(crossed, root_finder=optx.Newton(rtol=eps**0.5, atol=eps**0.5))
+    # Root-find the crossing time to a tolerance the dtype can reach. The field and the event
+    # are module-level functions and the model travels in `args`, so repeated solves reuse
+    # one compilation.
+    event = diffrax.Event(_crossed, root_finder=optx.Newton(rtol=eps**0.5, atol=eps**0.5))
+    args = (model, threshold)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
+        diffrax.ODETerm(_gaussian_rhs),
         SOLVERS[solver](),
         t0=ts[0],
         t1=ts[-1],
         dt0=None,
         y0=y0,
+        args=args,
         saveat=diffrax.SaveAt(ts=ts, t1=True),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol, jump_ts=jumps),
         event=event,
@@ -457,7 +469,7 @@ def gaussian_flow(
     last = jnp.sum(jnp.isfinite(sol.ts)) - 1
     t_end = sol.ts[last]
     end = (m[last], S[last], Phi[last])
-    _, dS, _ = field(t_end, end, None)
+    _, dS, _ = _gaussian_rhs(t_end, end, args)
     growth = jnp.sum(end[1] * dS)
     estimate = t_end + jnp.sum(end[1] ** 2) / jnp.where(growth > 0, growth, jnp.nan)
     inf = jnp.asarray(jnp.inf, dtype)
@@ -624,6 +636,10 @@ def _circle_rhs(rho, beta, normalization, limiter):
     return -(jnp.roll(flux, -1) - flux) / h
 
 
+def _circle_term(t, rho, args):
+    return _circle_rhs(rho, *args)
+
+
 class CircleSolution(eqx.Module):
     r"""A density on the circle evolved by `circle_flow`.
 
@@ -699,13 +715,13 @@ def circle_flow(
     if is_concrete(ts) and not np.all(np.diff(np.asarray(ts)) > 0):
         raise ValueError("ts must be strictly increasing")
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, rho, args: _circle_rhs(rho, args, normalization, limiter)),
+        diffrax.ODETerm(_circle_term),
         SOLVERS[solver](),
         t0=ts[0],
         t1=ts[-1],
         dt0=None,
         y0=density,
-        args=beta,
+        args=(beta, normalization, limiter),
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
