@@ -374,3 +374,65 @@ def test_fit_power_law_recovers_a_power_and_rejects_bad_data():
     assert abs(slope + 0.5) < 1e-12 and abs(c - 3) < 1e-12
     with pytest.raises(ValueError, match="positive and finite"):
         mf.fit_power_law(ns, np.array([1.0, 0.0, 1.0]))
+
+
+# --------------------------------------------------------------------------------------
+# experiments at smoke size
+# --------------------------------------------------------------------------------------
+
+
+def test_mean_field_experiment_writes_its_files(tmp_path):
+    import sims
+    from particles.io import read_json
+    from sims.experiments.mean_field import GaussianConfig
+
+    config = GaussianConfig(
+        frames=5,
+        min_log2_n=4,
+        max_log2_n=5,
+        seeds=2,
+        reference=256,
+        animation_n=32,
+        stability_n=8,
+        causal_max_log2_n=4,
+    )
+    out = sims.run(config, tmp_path / "run", animation=False)
+    for name in (
+        "metrics.json",
+        "trajectory.npz",
+        "convergence.png",
+        "stability.png",
+        "causal.png",
+    ):
+        assert (out / name).is_file(), name
+    metrics = read_json(out / "metrics.json")
+    assert metrics["convergence"]["ns"] == [16, 32]
+    assert np.asarray(metrics["convergence"]["mean_error"]).shape == (2, 2, 5)
+    assert np.isfinite(metrics["convergence"]["slopes"]["mean error"])
+    assert metrics["stability"]["ratio"][0] == 1.0
+    assert metrics["blowup_time"] == "inf"
+    assert len(metrics["series"]["particle_mean_error"]) == 5
+
+
+def test_mean_field_circle_experiment_conserves_mass(tmp_path):
+    import sims
+    from particles.io import read_json
+    from sims.experiments.mean_field import CircleConfig
+
+    config = CircleConfig(cells=32, n=64, min_log2_n=4, max_log2_n=5, seeds=1, frames=3, t1=0.5)
+    out = sims.run(config, tmp_path / "run", animation=False)
+    metrics = read_json(out / "metrics.json")
+    assert metrics["max_mass_error"] < 1e-5
+    assert len(metrics["series"]["w1_particles_vs_density"]) == 3
+    assert (out / "convergence.png").is_file() and (out / "arrays.npz").is_file()
+
+
+def test_experiment_configs_reject_bad_values():
+    from sims.experiments.mean_field import CircleConfig, GaussianConfig
+
+    with pytest.raises(ValueError, match="max_log2_n must be >= 7"):
+        GaussianConfig(min_log2_n=6, max_log2_n=6)
+    with pytest.raises(ValueError, match="solver must be an adaptive solver"):
+        GaussianConfig(solver="euler")
+    with pytest.raises(ValueError, match="modes must lie in"):
+        CircleConfig(modes=0.9)

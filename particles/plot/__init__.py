@@ -15,4 +15,5 @@ from ._meanfield import circle_animation as circle_animation
 from ._meanfield import convergence_figure as convergence_figure
 from ._meanfield import density_snapshots as density_snapshots
 from ._meanfield import gaussian_animation as gaussian_animation
+from ._meanfield import gaussian_snapshots as gaussian_snapshots
 from ._meanfield import stability_figure as stability_figure

@@ -237,3 +237,25 @@ def density_snapshots(ts, theta, densities, angles=None, *, indices=None, bins: 
         ax.set_xlabel(r"$\theta$")
         ax.grid(alpha=0.3)
     return fig
+
+
+def gaussian_snapshots(ts, xs, means, covs, *, indices=None, radii=(1.0, 2.0, 3.0)) -> Figure:
+    """Small multiples of a 2-d particle cloud over the level ellipses of $N(m(t), S(t))$."""
+    ts, xs = np.asarray(ts), np.asarray(xs)
+    means, covs = np.asarray(means), np.asarray(covs)
+    indices = (
+        list(indices) if indices is not None else list(np.linspace(0, len(ts) - 1, 3).astype(int))
+    )
+    fig, axes = plt.subplots(
+        1, len(indices), figsize=(3.6 * len(indices), 3.6), layout="constrained"
+    )
+    for ax, i in zip(np.atleast_1d(axes), indices, strict=True):
+        ax.scatter(xs[i, :, 0], xs[i, :, 1], s=3, alpha=0.5, lw=0)
+        if np.all(np.isfinite(means[i])):
+            for r in radii:
+                e = _ellipse(means[i, :2], covs[i, :2, :2], r)
+                ax.plot(e[0], e[1], color="C3", lw=1)
+        ax.set_title(f"t = {ts[i]:.3g}")
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.2)
+    return fig
