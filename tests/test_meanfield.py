@@ -394,7 +394,7 @@ def test_mean_field_experiment_writes_its_files(tmp_path):
         reference=256,
         animation_n=32,
         stability_n=8,
-        causal_max_log2_n=4,
+        causal_max_log2_n=5,
     )
     out = sims.run(config, tmp_path / "run", animation=False)
     for name in (
