@@ -9,8 +9,10 @@ from . import analysis as analysis
 from . import clouds as clouds
 from . import clustering as clustering
 from . import io as io
+from . import meanfield as meanfield
 from . import networks as networks
 from . import regularity as regularity
+from . import wasserstein as wasserstein
 from ._simulate import SOLVERS as SOLVERS
 from ._simulate import Trajectory as Trajectory
 from ._simulate import simulate as simulate

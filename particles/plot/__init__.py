@@ -31,6 +31,12 @@ from ._figures import metric_curves as metric_curves
 from ._figures import snapshots as snapshots
 from ._figures import summary_figure as summary_figure
 from ._figures import velocity_field as velocity_field
+from ._meanfield import circle_animation as circle_animation
+from ._meanfield import convergence_figure as convergence_figure
+from ._meanfield import density_snapshots as density_snapshots
+from ._meanfield import gaussian_animation as gaussian_animation
+from ._meanfield import gaussian_snapshots as gaussian_snapshots
+from ._meanfield import stability_figure as stability_figure
 from ._regularity import field_vs_wasserstein as field_vs_wasserstein
 from ._regularity import lipschitz_vs_n as lipschitz_vs_n
 from ._regularity import lipschitz_vs_radius as lipschitz_vs_radius

@@ -1,0 +1,376 @@
+"""Mean-field limits: particles sampled from a law approach the continuity equation.
+
+`mean-field`: Gaussian initial law in R^d under softmax attention, against the closed form
+(propagation of chaos, Wasserstein stability, causal limit). `mean-field-circle`: particles on
+the circle against the Eulerian density solved on a grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import particles as P
+from particles import meanfield as mf
+from particles import wasserstein as W
+
+from .._config import require_at_least, require_positive
+from .._registry import experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianConfig:
+    """Particles from N(m0, S0) under softmax attention in R^d converge to the Gaussian mean-field
+    solution at rate n^(-1/2) (propagation of chaos), stay Wasserstein-stable, and causal
+    sequences converge to their limit profile."""
+
+    d: int = 2
+    """dimension of the tokens (the animation shows the first two coordinates)"""
+    heads: int = 1
+    """attention heads (their affine fields add up)"""
+    beta: float = 1.0
+    """inverse temperature"""
+    kernel: Literal["dot", "l2"] = "dot"
+    """dot-product or L2 attention kernel"""
+    mean: float = 0.5
+    """initial mean m0 = mean * e_1"""
+    cov: float = 0.3
+    """initial covariance S0 = cov * diag(1, 1/2, ..., 1/d)"""
+    t1: float = 1.0
+    """final time"""
+    frames: int = 41
+    """saved times (animation frames), evenly spaced in [0, t1]"""
+    min_log2_n: int = 6
+    """smallest particle number of the convergence study, as log2 n"""
+    max_log2_n: int = 11
+    """largest particle number of the convergence study, as log2 n (14 for the full study)"""
+    seeds: int = 8
+    """independent clouds per n (simulated together with vmap)"""
+    reference: int = 16384
+    """size of the reference sample of the mean-field law for the sliced W2"""
+    animation_n: int = 1024
+    """particles in the animated cloud"""
+    stability_n: int = 256
+    """particles in each cloud of the stability study"""
+    delta: float = 1e-3
+    """size of the perturbation between the two clouds of the stability study"""
+    causal_max_log2_n: int = 7
+    """largest causal sequence length of the causal study, as log2 n (from 16; reference: 8 times more)"""
+    solver: str = "bosh3"
+    """diffrax solver for the particles"""
+    rtol: float = 1e-5
+    """relative tolerance for the particles (far below the n^(-1/2) sampling error)"""
+    atol: float = 1e-5
+    """absolute tolerance for the particles"""
+    fps: int = 15
+    """frames per second of the animation"""
+    seed: int = 0
+    """random seed (attention weights, clouds)"""
+
+    def __post_init__(self):
+        require_positive(self, "beta", "cov", "t1", "reference", "delta", "rtol", "atol", "fps")
+        require_at_least(self, "d", 2)
+        require_at_least(self, "heads", 1)
+        require_at_least(self, "frames", 2)
+        require_at_least(self, "min_log2_n", 2)
+        require_at_least(self, "max_log2_n", self.min_log2_n + 1)
+        require_at_least(self, "seeds", 2)
+        require_at_least(self, "animation_n", 2)
+        require_at_least(self, "stability_n", 2)
+        require_at_least(self, "causal_max_log2_n", 5)
+        if self.solver not in P.SOLVERS or self.solver == "euler":
+            raise ValueError(
+                f"solver must be an adaptive solver of {', '.join(P.SOLVERS)}; got {self.solver!r}"
+            )
+
+
+def _attention(config, key):
+    if config.heads == 1:
+        return P.SelfAttention.random(key, config.d, beta=config.beta, kernel=config.kernel)
+    return P.MultiHeadAttention.random(
+        key, config.d, config.heads, beta=config.beta, kernel=config.kernel
+    )
+
+
+@experiment("mean-field", GaussianConfig)
+def run_gaussian(
+    config: GaussianConfig, directory: Path, *, gif: bool = False, animation: bool = True
+) -> None:
+    from particles import plot
+
+    k_attn, k_study, k_anim, k_stab, k_causal = jax.random.split(jax.random.key(config.seed), 5)
+    attention = _attention(config, k_attn)
+    d = config.d
+    m0 = jnp.zeros(d).at[0].set(config.mean)
+    S0 = config.cov * jnp.diag(1 / jnp.arange(1, d + 1))
+    ts = jnp.linspace(0.0, config.t1, config.frames)
+    solution = mf.gaussian_flow(attention, m0, S0, ts)
+    if bool(solution.blew_up):
+        raise ValueError(
+            f"the Gaussian mean field blows up at t = {float(solution.blowup_estimate):.4g} "
+            f"(seed {config.seed}): choose t1 below it, a smaller cov or beta, or another seed"
+        )
+
+    # propagation of chaos
+    ns = [2**k for k in range(config.min_log2_n, config.max_log2_n + 1)]
+    study = mf.propagation_of_chaos(
+        k_study,
+        attention,
+        m0,
+        S0,
+        ns,
+        ts[:: max(1, (len(ts) - 1) // 4)],
+        seeds=config.seeds,
+        reference=config.reference,
+        solver=config.solver,
+        rtol=config.rtol,
+        atol=config.atol,
+    )
+    convergence = {
+        "mean error": np.asarray(study.rms("mean_error")[:, -1]),
+        "covariance error": np.asarray(study.rms("cov_error")[:, -1]),
+        "coupling to characteristics": np.asarray(study.rms("coupling")[:, -1]),
+        "sliced W2 to reference": np.asarray(jnp.sqrt(jnp.mean(study.sliced**2, axis=1))),
+    }
+    slopes = {k: mf.fit_power_law(ns, v) for k, v in convergence.items()}
+
+    # the animated cloud
+    flow = P.AttentionFlow(attention)
+    x0 = P.clouds.gaussian(k_anim, config.animation_n, m0, S0)
+    trajectory = P.simulate(flow, x0, ts, solver=config.solver, rtol=config.rtol, atol=config.atol)
+    mean_err, cov_err = mf.moment_errors(trajectory.xs, solution)
+
+    # stability
+    xs0 = P.clouds.gaussian(k_stab, config.stability_n, m0, S0)
+    direction = jax.random.normal(jax.random.fold_in(k_stab, 1), xs0.shape)
+    direction = direction / jnp.sqrt(jnp.mean(jnp.sum(direction**2, axis=1)))
+    stab_ts = ts[:: max(1, (len(ts) - 1) // 10)]
+    stab = mf.stability(flow, xs0, xs0 + config.delta * direction, stab_ts)
+
+    # causal limit
+    causal = P.SelfAttention.random(
+        k_causal, d, beta=config.beta, kernel=config.kernel, causal=True
+    )
+    freq = 1 + jnp.arange(d)
+
+    def profile(s):
+        return m0 + jnp.sqrt(jnp.diag(S0)) * jnp.cos(2 * freq * s + freq)
+
+    causal_ns = [2**k for k in range(4, config.causal_max_log2_n + 1)]
+    causal_errors = np.asarray(
+        mf.causal_convergence(
+            causal, profile, causal_ns, 8 * causal_ns[-1], jnp.array([0.0, config.t1])
+        )[:, -1]
+    )
+    causal_slope = mf.fit_power_law(causal_ns, causal_errors)
+
+    P.io.save_trajectory(directory / P.io.TRAJECTORY_FILE, trajectory)
+    P.io.write_json(
+        directory / "metrics.json",
+        {
+            "ts": np.asarray(ts),
+            "series": {
+                "closed_form_mean": np.asarray(solution.means),
+                "closed_form_cov": np.asarray(solution.covs),
+                "particle_mean_error": np.asarray(mean_err),
+                "particle_cov_error": np.asarray(cov_err),
+            },
+            "convergence": {
+                "ns": ns,
+                "times": np.asarray(study.ts),
+                "seeds": config.seeds,
+                "rms_at_t1": convergence,
+                "slopes": {k: v[0] for k, v in slopes.items()},
+                "mean_error": np.asarray(study.mean_error),
+                "cov_error": np.asarray(study.cov_error),
+                "coupling": np.asarray(study.coupling),
+                "sliced": np.asarray(study.sliced),
+            },
+            "stability": {
+                "ts": np.asarray(stab.ts),
+                "w2": np.asarray(stab.w2),
+                "ratio": np.asarray(stab.ratio),
+                "rate": float(stab.rate),
+                "coupling": np.asarray(stab.coupling),
+                "gronwall_bound": np.asarray(stab.bound),
+                "log_norm": np.asarray(stab.log_norm),
+            },
+            "causal": {"ns": causal_ns, "errors": causal_errors, "slope": causal_slope[0]},
+            "blowup_time": float(solution.blowup_time),
+        },
+    )
+    kernel = "L2" if config.kernel == "l2" else "dot-product"
+    fig = plot.convergence_figure(
+        ns,
+        convergence,
+        slopes,
+        ylabel=f"RMS error at t = {config.t1:g}",
+        title=f"propagation of chaos ({kernel}, d = {d}, {config.seeds} seeds)",
+    )
+    fig.savefig(directory / "convergence.png", dpi=120)
+    fig = plot.stability_figure(
+        stab.ts, stab.ratio, stab.bound / stab.coupling[0], rate=float(stab.rate)
+    )
+    fig.axes[0].set_title(f"two clouds at distance {config.delta:g}, n = {config.stability_n}")
+    fig.savefig(directory / "stability.png", dpi=120)
+    fig = plot.convergence_figure(
+        causal_ns,
+        {"causal error": causal_errors},
+        {"causal error": causal_slope},
+        reference_slope=-1.0,
+        xlabel="sequence length n",
+        ylabel=f"RMS error at t = {config.t1:g}",
+        title="causal attention: n tokens vs the limit profile",
+    )
+    fig.savefig(directory / "causal.png", dpi=120)
+    if animation:
+        plot.gaussian_animation(
+            ts,
+            trajectory.xs[..., :2],
+            solution.means[:, :2],
+            solution.covs[:, :2, :2],
+            directory / ("animation.gif" if gif else "animation.mp4"),
+            fps=config.fps,
+            title=f"n = {config.animation_n} particles over the mean-field Gaussian",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CircleConfig:
+    """Particles on the circle S^1 against the Eulerian density of the mean-field equation
+    (Q = K = V = I): W1 distance over time and its n^(-1/2) decay."""
+
+    cells: int = 256
+    """grid cells of the Eulerian solver"""
+    beta: float = 1.0
+    """inverse temperature"""
+    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    """softmax (SA) or unnormalized (USA) attention"""
+    modes: float = 0.6
+    """amplitude of the initial density 1 + modes cos(theta) + modes / 2 sin(2 theta)"""
+    t1: float = 3.0
+    """final time"""
+    frames: int = 61
+    """saved times (animation frames)"""
+    n: int = 2048
+    """particles in the animated cloud"""
+    min_log2_n: int = 6
+    """smallest particle number of the W1 convergence study, as log2 n"""
+    max_log2_n: int = 11
+    """largest particle number of the W1 convergence study, as log2 n"""
+    seeds: int = 4
+    """independent clouds per n"""
+    limiter: Literal["vanleer", "minmod", "upwind"] = "vanleer"
+    """slope limiter of the finite-volume scheme"""
+    rtol: float = 1e-6
+    """relative tolerance (both solvers)"""
+    atol: float = 1e-6
+    """absolute tolerance (both solvers)"""
+    fps: int = 15
+    """frames per second of the animation"""
+    seed: int = 0
+    """random seed of the particles"""
+
+    def __post_init__(self):
+        require_positive(self, "beta", "t1", "rtol", "atol", "fps")
+        require_at_least(self, "cells", 8)
+        require_at_least(self, "frames", 2)
+        require_at_least(self, "n", 2)
+        require_at_least(self, "min_log2_n", 2)
+        require_at_least(self, "max_log2_n", self.min_log2_n + 1)
+        require_at_least(self, "seeds", 1)
+        if not 0 <= self.modes < 2 / 3:
+            raise ValueError(
+                f"modes must lie in [0, 2/3) so that the density is positive; got {self.modes}"
+            )
+
+
+@experiment("mean-field-circle", CircleConfig)
+def run_circle(
+    config: CircleConfig, directory: Path, *, gif: bool = False, animation: bool = True
+) -> None:
+    from particles import plot
+
+    theta = mf.circle_grid(config.cells)
+    rho0 = mf.circle_density(
+        1 + config.modes * jnp.cos(theta) + config.modes / 2 * jnp.sin(2 * theta)
+    )
+    ts = jnp.linspace(0.0, config.t1, config.frames)
+    eulerian = mf.circle_flow(
+        rho0,
+        ts,
+        beta=config.beta,
+        normalization=config.normalization,
+        limiter=config.limiter,
+        rtol=config.rtol,
+        atol=config.atol,
+    )
+    flow = P.AttentionFlow(
+        P.SelfAttention.identity(2, config.beta, normalization=config.normalization), P.Sphere()
+    )
+    key = jax.random.key(config.seed)
+
+    def particles(k, n, ts):
+        x0 = mf.circle_points(mf.circle_sample(k, n, rho0))
+        return mf.circle_angles(P.simulate(flow, x0, ts, rtol=config.rtol, atol=config.atol).xs)
+
+    angles = particles(key, config.n, ts)
+    w1 = jnp.stack(
+        [W.circle_w1_density(a, r) for a, r in zip(angles, eulerian.densities, strict=True)]
+    )
+
+    ns = [2**k for k in range(config.min_log2_n, config.max_log2_n + 1)]
+    ends = jnp.array([0.0, config.t1])
+    w1_n = []
+    for i, n in enumerate(ns):
+        keys = jax.random.split(jax.random.fold_in(key, i + 1), config.seeds)
+        batch = jax.jit(jax.vmap(lambda k, ts, n=n: particles(k, n, ts), in_axes=(0, None)))
+        final = batch(keys, ends)[:, -1]
+        w1_n.append([float(W.circle_w1_density(a, eulerian.densities[-1])) for a in final])
+    w1_n = np.asarray(w1_n)
+    rms = np.sqrt(np.mean(w1_n**2, axis=1))
+    slope = mf.fit_power_law(ns, rms)
+
+    P.io.write_json(
+        directory / "metrics.json",
+        {
+            "ts": np.asarray(ts),
+            "series": {
+                "w1_particles_vs_density": np.asarray(w1),
+                "mass_error": np.asarray(eulerian.mass - 1),
+                "max_density": np.asarray(eulerian.densities.max(axis=1)),
+            },
+            "max_mass_error": float(jnp.max(jnp.abs(eulerian.mass - 1))),
+            "eulerian_steps": int(eulerian.num_steps),
+            "convergence": {"ns": ns, "w1_at_t1": w1_n, "rms": rms, "slope": slope[0]},
+        },
+    )
+    P.io.save_run(
+        directory,
+        arrays={"ts": ts, "theta": theta, "densities": eulerian.densities, "angles": angles},
+    )
+    fig = plot.convergence_figure(
+        ns,
+        {"W1(particles, density)": rms},
+        {"W1(particles, density)": slope},
+        ylabel=f"RMS W1 at t = {config.t1:g}",
+        title=f"circle, {config.normalization}, beta = {config.beta:g}: particles vs Eulerian",
+    )
+    fig.savefig(directory / "convergence.png", dpi=120)
+    fig = plot.density_snapshots(ts, theta, eulerian.densities, angles)
+    fig.savefig(directory / "snapshots.png", dpi=120)
+    if animation:
+        plot.circle_animation(
+            ts,
+            angles,
+            theta,
+            eulerian.densities,
+            directory / ("animation.gif" if gif else "animation.mp4"),
+            fps=config.fps,
+            title=f"n = {config.n} particles over the Eulerian density ({config.cells} cells)",
+        )
