@@ -114,7 +114,7 @@ for name in shown:
     profile[name] = along_depth(profile_depth)
     if name == "residual":
         collapse = {L: (networks.layer_times(L, T), along_depth(L)) for L in collapse_depths}
-fig = plot.convergence_figure(depths, errors, slopes, floor=1e-11)
+fig = plot.depth_convergence_figure(depths, errors, slopes, floor=1e-11)
 
 # %% [markdown]
 # ## Error along depth

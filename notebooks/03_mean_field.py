@@ -119,7 +119,7 @@ errors = {
 }
 slopes = {k: mf.fit_power_law(ns, v) for k, v in errors.items()}
 print({k: round(v[0], 3) for k, v in slopes.items()})
-plot.convergence_figure(ns, errors, slopes, ylabel="RMS error at t = 1")
+plot.sample_convergence_figure(ns, errors, slopes, ylabel="RMS error at t = 1")
 
 # %% [markdown]
 # ## 3. Stability in Wasserstein distance
@@ -177,6 +177,6 @@ cns = [8, 16] if SMALL else [16, 32, 64, 128, 256]
 cerr = mf.causal_convergence(causal, profile, cns, 8 * cns[-1], jnp.array([0.0, 1.0]))[:, -1]
 cslope = mf.fit_power_law(cns, cerr)
 print("causal errors:", np.asarray(cerr).round(5), " slope", round(cslope[0], 3))
-plot.convergence_figure(
+plot.sample_convergence_figure(
     cns, {"causal": cerr}, {"causal": cslope}, reference_slope=-1.0, xlabel="sequence length n"
 )

@@ -16,7 +16,7 @@ from ._clustering import phase_heatmap as phase_heatmap
 from ._clustering import polytope as polytope
 from ._clustering import run_curves as run_curves
 from ._clustering import step_counts as step_counts
-from ._deep import convergence_figure as convergence_figure
+from ._deep import depth_convergence_figure as depth_convergence_figure
 from ._deep import depth_error_figure as depth_error_figure
 from ._figures import VIEW as VIEW
 from ._figures import Geometry as Geometry
@@ -32,10 +32,10 @@ from ._figures import snapshots as snapshots
 from ._figures import summary_figure as summary_figure
 from ._figures import velocity_field as velocity_field
 from ._meanfield import circle_animation as circle_animation
-from ._meanfield import convergence_figure as convergence_figure
 from ._meanfield import density_snapshots as density_snapshots
 from ._meanfield import gaussian_animation as gaussian_animation
 from ._meanfield import gaussian_snapshots as gaussian_snapshots
+from ._meanfield import sample_convergence_figure as sample_convergence_figure
 from ._meanfield import stability_figure as stability_figure
 from ._regularity import field_vs_wasserstein as field_vs_wasserstein
 from ._regularity import lipschitz_vs_n as lipschitz_vs_n

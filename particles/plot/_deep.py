@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def convergence_figure(
+def depth_convergence_figure(
     depths,
     errors: Mapping[str, np.ndarray],
     slopes: Mapping[str, float] | None = None,

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ._animate import ffmpeg_path
 
 
-def convergence_figure(
+def sample_convergence_figure(
     ns,
     errors: Mapping[str, np.ndarray],
     slopes: Mapping[str, tuple[float, float]] | None = None,

@@ -228,7 +228,7 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
         f"random Q, K, V ($\\beta$ = {config.beta:g}), float64"
     )
     figure_title = f"residual attention networks against their flows\n{title}"
-    fig = plot.convergence_figure(
+    fig = plot.depth_convergence_figure(
         depths,
         errors,
         slopes={k: v for k, v in slopes.items() if v is not None},

@@ -205,7 +205,7 @@ def run_gaussian(
         },
     )
     kernel = "L2" if config.kernel == "l2" else "dot-product"
-    fig = plot.convergence_figure(
+    fig = plot.sample_convergence_figure(
         ns,
         convergence,
         slopes,
@@ -218,7 +218,7 @@ def run_gaussian(
     )
     fig.axes[0].set_title(f"two clouds at distance {config.delta:g}, n = {config.stability_n}")
     fig.savefig(directory / "stability.png", dpi=120)
-    fig = plot.convergence_figure(
+    fig = plot.sample_convergence_figure(
         causal_ns,
         {"causal error": causal_errors},
         {"causal error": causal_slope},
@@ -354,7 +354,7 @@ def run_circle(
         directory,
         arrays={"ts": ts, "theta": theta, "densities": eulerian.densities, "angles": angles},
     )
-    fig = plot.convergence_figure(
+    fig = plot.sample_convergence_figure(
         ns,
         {"W1(particles, density)": rms},
         {"W1(particles, density)": slope},
