@@ -168,7 +168,7 @@ class AttentionFlow(AbstractFlow):
 
     def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
         """Ambient velocity $v[\\mu](x_i) + f(x_i)$ before the tangent projection."""
-        v = self.attention_at(t)(x, weights)
+        v = self.attention_at(t).unchecked(x, weights)
         if self.feedforward is not None:
             v = v + self.feedforward(x)
         return v
@@ -221,7 +221,7 @@ class PreNormFlow(AbstractFlow):
     def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
         """$v[\\mu_{N(x)}](N(x_i)) + f(N(x_i))$: the same as `__call__` (no projection)."""
         y = Sphere().retract(x)
-        v = self.attention_at(t)(y, weights)
+        v = self.attention_at(t).unchecked(y, weights)
         if self.feedforward is not None:
             v = v + self.feedforward(y)
         return v

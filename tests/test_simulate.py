@@ -233,3 +233,15 @@ def test_sphere_distance_is_accurate_at_every_angle(x64):
         x = jnp.array([1.0, 0.0, 0.0])
         y = jnp.array([np.cos(angle), np.sin(angle), 0.0])
         np.testing.assert_allclose(sphere.distance(x, y), angle, rtol=1e-9)
+
+
+def test_a_nan_trial_step_is_rejected_not_raised(key):
+    # USA at beta = 9: a first trial step of 5 overflows exp(beta <x, y>) to NaN; the
+    # controller must reject it and shrink the step, not the vector field raise on NaN input
+    x0 = P.clouds.sphere_uniform(jax.random.key(0), 16, 3)
+    flow = P.AttentionFlow(
+        P.SelfAttention.identity(3, 9.0, normalization="unnormalized"), P.Sphere()
+    )
+    traj = P.simulate(flow, x0, jnp.array([0.0, 2.0]), dt0=5.0)
+    assert bool(traj.succeeded) and int(traj.num_rejected) > 0
+    assert bool(jnp.all(jnp.isfinite(traj.xs)))
