@@ -27,6 +27,7 @@ class Experiment:
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
+_DISCOVERED = False
 
 
 def experiment(name: str, config: type):
@@ -43,6 +44,10 @@ def experiment(name: str, config: type):
 
 
 def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
     package = importlib.import_module("sims.experiments")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
@@ -50,8 +55,8 @@ def _discover() -> None:
 
 def list_experiments() -> dict[str, Experiment]:
     """All registered experiments, by name."""
-    if not _EXPERIMENTS:
-        _discover()
+    # importing one experiment module registers only that one: always discover all
+    _discover()
     return dict(sorted(_EXPERIMENTS.items()))
 
 

@@ -147,3 +147,9 @@ def test_list_and_help(capsys):
     assert main(["run", "sphere-clustering", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--beta FLOAT" in out and "inverse temperature" in out and "(default: 9.0)" in out
+
+
+def test_every_experiment_is_listed_after_importing_one(capsys):
+    # this module imported sphere_clustering directly before anything asked for the list
+    names = set(sims.list_experiments())
+    assert {"sphere-clustering", "deep-limit", "phase-diagram", "lipschitz", "mean-field"} <= names
