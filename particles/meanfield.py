@@ -33,6 +33,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from . import analysis
 from ._checks import check_choice, check_cloud, check_weights, is_concrete, value_check
 from ._simulate import SOLVERS, simulate
 from .attention import MultiHeadAttention, SelfAttention
@@ -815,16 +816,9 @@ def causal_error(
 
 
 def fit_power_law(x, y) -> tuple[float, float]:
-    r"""Least-squares fit of $y = C x^p$ in log-log coordinates: returns `(p, C)`."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
-        raise ValueError(
-            f"x and y must be 1-d arrays of the same length >= 2; got {x.shape}, {y.shape}"
-        )
-    if np.any(x <= 0) or np.any(y <= 0) or not np.all(np.isfinite(y)):
-        raise ValueError("x and y must be positive and finite for a log-log fit")
-    slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
-    return float(slope), float(np.exp(intercept))
+    r"""Least-squares fit of $y = C x^p$ in log-log coordinates: returns `(p, C)`
+    (`particles.analysis.fit_power_law`)."""
+    return analysis.fit_power_law(x, y)
 
 
 def moment_errors(

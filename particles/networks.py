@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from . import analysis
 from ._checks import check_choice, check_weights, value_check
 from ._simulate import Trajectory, simulate
 from .flows import AttentionFlow, FeedForward, Layered, PreNormFlow
@@ -376,23 +377,12 @@ def final_errors(
 def loglog_slope(depths: ArrayLike, errors: ArrayLike, *, floor: float = 0.0) -> float:
     r"""Least-squares slope $p$ of $\log e = p \log L + c$: the observed order is $-p$.
 
-    Points with `errors <= floor` are left out: they sit at the rounding floor (or under the
-    reference's own error) and would flatten the fit. Host-side (NumPy): call it on results.
+    Points with `errors <= floor` are left out (`particles.analysis.fit_power_law`).
 
     Raises:
-        ValueError: fewer than two points above `floor`.
+        ValueError: fewer than two errors above `floor`.
     """
-    depths, errors = np.asarray(depths, float), np.asarray(errors, float)
-    if depths.shape != errors.shape or depths.ndim != 1:
-        raise ValueError(
-            f"depths and errors must be 1-d of the same length; got {depths.shape} and "
-            f"{errors.shape}"
-        )
-    keep = errors > floor
-    if keep.sum() < 2:
-        raise ValueError(f"need at least two errors above floor={floor}; got {keep.sum()}")
-    slope, _ = np.polyfit(np.log(depths[keep]), np.log(errors[keep]), 1)
-    return float(slope)
+    return analysis.fit_power_law(depths, errors, floor=floor)[0]
 
 
 VARIANTS = (

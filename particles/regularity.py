@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from . import analysis
 from ._checks import check_cloud, check_positive, check_weights, is_concrete
 from .attention import AbstractAttention, MultiHeadAttention, SelfAttention
 from .flows import AttentionFlow
@@ -931,14 +932,9 @@ def misspecify(
 
 
 def power_law(x, y) -> tuple[float, float]:
-    r"""Least-squares fit of $y = c\,x^{a}$ in log-log; returns `(a, c)`."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.shape != y.shape or x.ndim != 1 or x.size < 2:
-        raise ValueError(f"x and y must be 1-d of the same length >= 2; got {x.shape}, {y.shape}")
-    if np.any(x <= 0) or np.any(y <= 0):
-        raise ValueError("x and y must be positive for a log-log fit")
-    a, b = np.polyfit(np.log(x), np.log(y), 1)
-    return float(a), float(np.exp(b))
+    r"""Least-squares fit of $y = c\,x^{a}$ in log-log; returns `(a, c)`
+    (`particles.analysis.fit_power_law`)."""
+    return analysis.fit_power_law(x, y)
 
 
 def separation_rate(ts, distances) -> float:

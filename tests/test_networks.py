@@ -194,7 +194,7 @@ def test_loglog_slope_reads_a_power_law():
     # points at the floor are left out of the fit
     errors = np.maximum(depths**-4.0, 1e-5)
     assert networks.loglog_slope(depths, errors, floor=1.5e-5) == pytest.approx(-4.0, abs=1e-12)
-    with pytest.raises(ValueError, match="at least two errors above floor"):
+    with pytest.raises(ValueError, match="at least two points above floor"):
         networks.loglog_slope(depths, errors, floor=1e-2)
 
 
