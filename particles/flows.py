@@ -127,6 +127,14 @@ class Layered(eqx.Module):
         return eqx.combine(jax.tree_util.tree_map(lambda a: a[index], arrays), static)
 
 
+def _attention_at(attention: AbstractAttention | Layered, t) -> AbstractAttention:
+    return attention.at(t) if isinstance(attention, Layered) else attention
+
+
+def _jump_times(attention: AbstractAttention | Layered):
+    return attention.jump_times() if isinstance(attention, Layered) else None
+
+
 class AbstractFlow(eqx.Module):
     """A vector field $\\dot x = F(t, x)$ on a space that `simulate` can integrate.
 
@@ -162,9 +170,8 @@ class AttentionFlow(AbstractFlow):
     feedforward: FeedForward | None = None
 
     def attention_at(self, t) -> AbstractAttention:
-        if isinstance(self.attention, Layered):
-            return self.attention.at(t)
-        return self.attention
+        """The attention operator acting at time `t` (the current layer of a `Layered`)."""
+        return _attention_at(self.attention, t)
 
     def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
         """Ambient velocity $v[\\mu](x_i) + f(x_i)$ before the tangent projection."""
@@ -178,9 +185,7 @@ class AttentionFlow(AbstractFlow):
 
     def jump_times(self):
         """Times where the field is discontinuous (layer boundaries), or `None`."""
-        if isinstance(self.attention, Layered):
-            return self.attention.jump_times()
-        return None
+        return _jump_times(self.attention)
 
     def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
         """Velocity at arbitrary `points` in the field of `cloud` (cross-attention), projected
@@ -214,9 +219,8 @@ class PreNormFlow(AbstractFlow):
     space: AbstractSpace = eqx.field(default=Euclidean(), init=False)
 
     def attention_at(self, t) -> AbstractAttention:
-        if isinstance(self.attention, Layered):
-            return self.attention.at(t)
-        return self.attention
+        """The attention operator acting at time `t` (the current layer of a `Layered`)."""
+        return _attention_at(self.attention, t)
 
     def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
         """$v[\\mu_{N(x)}](N(x_i)) + f(N(x_i))$: the same as `__call__` (no projection)."""
@@ -230,9 +234,8 @@ class PreNormFlow(AbstractFlow):
         return self.velocity(t, x, args)
 
     def jump_times(self):
-        if isinstance(self.attention, Layered):
-            return self.attention.jump_times()
-        return None
+        """Times where the field is discontinuous (layer boundaries), or `None`."""
+        return _jump_times(self.attention)
 
     def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
         """Velocity at arbitrary `points` in the field of `cloud` (both read normalised)."""
