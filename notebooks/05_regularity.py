@@ -9,8 +9,9 @@
 # follows mis-specified inputs (noise, dropped and duplicated tokens) through the flow in
 # Wasserstein distance (Vuckovic et al. 2020).
 #
-# The bounds in `particles.regularity` are our own derivations of bounds of the form of
-# those papers; each docstring holds its proof.
+# The upper bounds are the papers' own (`castin_bound`: Castin et al., Theorem 3.3;
+# `kim_bound`: Kim et al., Theorem 3.2) next to sharper ones derived here (`softmax_bound`,
+# `l2_bound`; each docstring holds its proof).
 #
 # Set `PARTICLES_SIZE=small` for a quick pass (the test suite does).
 
@@ -79,7 +80,8 @@ fig = plot.lipschitz_vs_n(
     ns,
     series,
     bounds={
-        "bound (ours, Castin-type)": np.asarray(R.castin_bound(attention, np.array(ns), radius))
+        "Castin et al. Thm 3.3": np.asarray(R.castin_bound(attention, np.array(ns), radius)),
+        "ours": np.asarray(R.softmax_bound(attention, np.array(ns), radius)),
     },
     fits={
         "leader, gap 6.25": {
@@ -110,7 +112,8 @@ found = R.worst_cloud(
 print(
     f"n = {n}: searched {float(R.lipschitz(attention, found.cloud).value):.2f}, leader "
     f"{float(R.lipschitz(attention, R.adversarial_cloud(attention, n, radius)).value):.2f}, "
-    f"bound {float(R.castin_bound(attention, n, radius)):.1f}"
+    f"bounds {float(R.softmax_bound(attention, n, radius)):.1f} (ours), "
+    f"{float(R.castin_bound(attention, n, radius)):.1f} (Castin et al.)"
 )
 fig, ax = plt.subplots(figsize=(5, 3), layout="constrained")
 ax.plot(np.asarray(found.history))
@@ -137,7 +140,8 @@ fig = plot.lipschitz_vs_radius(
     },
     bounds={
         "1/3 + 2/3 R^2 (lower, dot)": 1 / 3 + 2 / 3 * np.asarray(radii) ** 2,
-        "L2 bound (ours, Kim-type)": float(R.kim_bound(l2, 3)),
+        "L2: Kim et al. Thm 3.2": float(R.kim_bound(l2, 3)),
+        "L2: ours": float(R.l2_bound(l2, 3)),
     },
     title="n = 3, $x = (Ru, -Ru, 0)$",
 )

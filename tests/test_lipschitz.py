@@ -100,6 +100,7 @@ def test_adversarial_cloud_grows_like_sqrt_n_below_the_bound(x64):
     assert 0.5 < exponent < 0.6
     followers, _ = R.power_law(ns[1:] - 1, values[1:])
     assert abs(followers - 0.5) < 0.01
+    assert np.all(values <= np.asarray(R.softmax_bound(attention, ns, 5.0)))
     assert np.all(values <= np.asarray(R.castin_bound(attention, ns, 5.0)))
     # one token attended by all: the leader's column of the attention matrix sums to ~n - 1
     column = float(jnp.sum(attention.matrix(clouds[-1])[1:, 0]))
@@ -111,7 +112,7 @@ def test_adversarial_cloud_default_offset_and_causal_stay_below_bound(x64):
     causal = P.SelfAttention.identity(3, 1.0, causal=True)
     x = R.adversarial_cloud(attention, 16, 5.0)
     assert float(jnp.max(jnp.linalg.norm(x, axis=-1))) == pytest.approx(5.0)
-    bound = float(R.castin_bound(attention, 16, 5.0))
+    bound = float(R.softmax_bound(attention, 16, 5.0))
     best = float(R.lipschitz(attention, x, tol=1e-10).value)
     assert best <= bound and float(R.lipschitz(causal, x).value) <= bound
     # the default offset targets the gap ~log(n - 1) (p ~ 1/2): 6.28 against 4.54 for the
@@ -156,7 +157,7 @@ def test_l2_attention_stays_below_the_kim_type_bound_at_every_scale(key):
     # radius 0.01 to 100 all stay below the bound, which does not depend on the radius.
     l2 = _tied_l2(key)
     n = 8
-    bound = float(R.kim_bound(l2, n))
+    bound = float(R.l2_bound(l2, n))
     radii = jnp.geomspace(0.01, 100.0, 9)
     x0 = P.clouds.ball_uniform(key, n, 3, 1.0)
     values = np.asarray(jax.vmap(lambda r: R.lipschitz(l2, x0 * r).value)(radii))
@@ -173,7 +174,7 @@ def test_searched_l2_clouds_stay_below_the_kim_type_bound(key):
     value = float(R.lipschitz(l2, found.cloud).value)
     assert float(found.value) > start  # the search finds worse clouds
     assert float(found.value) <= value * (1 + 1e-5)  # a Rayleigh quotient: below sigma_max
-    assert value <= float(R.kim_bound(l2, 8))
+    assert value <= float(R.l2_bound(l2, 8))
     assert float(jnp.max(jnp.linalg.norm(found.clouds, axis=-1))) <= 10.0 * (1 + 1e-6)
 
 
@@ -193,19 +194,20 @@ def test_dot_product_constant_grows_without_bound_with_the_radius(x64):
     exponent, _ = R.power_law(np.asarray(radii)[2:], values[2:])
     assert abs(exponent - 2) < 0.05
     l2_values = np.asarray(jax.vmap(lambda x: R.lipschitz(l2, x).value)(clouds))
-    assert np.all(l2_values <= float(R.kim_bound(l2, 3)))
+    assert np.all(l2_values <= float(R.l2_bound(l2, 3)))
 
 
 def test_kim_bound_is_infinite_without_tied_keys_and_lambert_w_is_exact(key):
     from scipy.special import lambertw
 
     untied = P.SelfAttention.random(key, 3, kernel="l2")
+    assert math.isinf(float(R.l2_bound(untied, 10)))
     assert math.isinf(float(R.kim_bound(untied, 10)))
     xs = np.array([0.0, 1e-3, 0.5, 1.0, math.e, 100.0, 1e6])
     np.testing.assert_allclose(np.asarray(R.lambert_w0(xs)), lambertw(xs).real, rtol=1e-6)
     # the Kim-type bound grows like sqrt(n log n): between n = 10^3 and 10^5, slope ~0.6
     l2 = P.SelfAttention.identity(3, 1.0, kernel="l2")
-    exponent, _ = R.power_law([1e3, 1e5], np.asarray(R.kim_bound(l2, jnp.array([1e3, 1e5]))))
+    exponent, _ = R.power_law([1e3, 1e5], np.asarray(R.l2_bound(l2, jnp.array([1e3, 1e5]))))
     assert 0.5 < exponent < 0.7
 
 
@@ -320,11 +322,11 @@ def test_bad_inputs_raise_clear_errors(key):
     with pytest.raises(ValueError, match="offset must lie in"):
         R.adversarial_cloud(attention, 4, 5.0, offset=1.5)
     with pytest.raises(ValueError, match="radius must be > 0"):
-        R.castin_bound(attention, 4, -1.0)
-    with pytest.raises(ValueError, match="castin_bound covers kernel"):
-        R.castin_bound(P.SelfAttention.identity(3, kernel="l2"), 4, 1.0)
-    with pytest.raises(ValueError, match="kim_bound covers kernel"):
-        R.kim_bound(attention, 4)
+        R.softmax_bound(attention, 4, -1.0)
+    with pytest.raises(ValueError, match="softmax_bound covers kernel"):
+        R.softmax_bound(P.SelfAttention.identity(3, kernel="l2"), 4, 1.0)
+    with pytest.raises(ValueError, match="l2_bound covers kernel"):
+        R.l2_bound(attention, 4)
     with pytest.raises(ValueError, match="radius is required"):
         R.lipschitz_bound(attention, 4)
     with pytest.raises(ValueError, match="radius is required"):
@@ -360,15 +362,13 @@ def test_lipschitz_experiment_writes_figures_and_consistent_numbers(tmp_path):
         assert (out / name).is_file(), name
     m = read_json(out / "metrics.json")
     assert m["ns"] == [2] and m["search"]["ns"] == [] and m["radius"]["series"] == {}
-    castin = np.array(m["bounds"]["bound (ours, Castin-type)"])
+    bounds = {k: np.array(v) for k, v in m["bounds"].items()}
+    assert np.all(bounds["dot: ours"] <= bounds["dot: Castin et al. Thm 3.3"])
+    assert np.all(bounds["L2: ours"] <= bounds["L2: Kim et al. Thm 3.2"])
     for name in ("adversarial", "leader, max gap", "iid ball", "causal adversarial"):
-        assert np.all(np.array(m["series"][name]) <= castin), name
-    assert np.all(
-        np.array(m["series"]["sphere iid"]) <= np.array(m["bounds"]["sphere bound (ours)"])
-    )
-    assert np.all(
-        np.array(m["series"]["L2 iid"]) <= np.array(m["bounds"]["L2 bound (ours, Kim-type)"])
-    )
+        assert np.all(np.array(m["series"][name]) <= bounds["dot: ours"]), name
+    assert np.all(np.array(m["series"]["sphere iid"]) <= bounds["sphere: ours"])
+    assert np.all(np.array(m["series"]["L2 iid"]) <= bounds["L2: ours"])
     # n = 2, offset 1/2: the leader attended with p = 1/(1 + e^-6.25); 1.4214 in float64
     assert m["series"]["leader, max gap"][0] == pytest.approx(1.4214149, rel=1e-4)
     assert m["solver"]["all_converged"] is True
@@ -400,12 +400,9 @@ def test_lipschitz_experiment_with_search_radius_sweep_and_animation(tmp_path):
     assert 0.4 < m["fits"]["leader, max gap"]["exponent"] < 0.7
     radius = m["radius"]
     assert np.all(
-        np.array(radius["series"]["dot, searched"])
-        <= np.array(radius["bounds"]["bound (ours, Castin-type)"])
+        np.array(radius["series"]["dot, searched"]) <= np.array(radius["bounds"]["dot: ours"])
     )
-    assert np.all(
-        np.array(radius["series"]["L2, searched"]) <= radius["bounds"]["L2 bound (ours, Kim-type)"]
-    )
+    assert np.all(np.array(radius["series"]["L2, searched"]) <= radius["bounds"]["L2: ours"])
 
 
 def test_misspecified_experiment_writes_trajectories_and_obeys_the_bounds(tmp_path):
@@ -447,3 +444,59 @@ def test_experiment_configs_reject_bad_values():
         MisspecifiedConfig(drop=1.0)
     with pytest.raises(ValueError, match="solver must be one of"):
         MisspecifiedConfig(solver="rk4")
+
+
+def test_paper_bounds_are_the_published_formulas(x64):
+    from scipy.special import lambertw
+
+    # Castin, Ablin, Peyre (2024), Theorem 3.3: sqrt(3) |V| (|A|^2 R^4 (4n + 1) + n)^(1/2),
+    # with A = beta Q^T K. Q = K = I, V = 2I, beta = 0.5, R = 3: |A| = 0.5, |V| = 2.
+    dot = P.SelfAttention(jnp.eye(3), jnp.eye(3), 2 * jnp.eye(3), 0.5)
+    ns = np.array([1.0, 4.0, 100.0])
+    expected = math.sqrt(3) * 2 * np.sqrt(0.25 * 81 * (4 * ns + 1) + ns)
+    np.testing.assert_allclose(np.asarray(R.castin_bound(dot, ns, 3.0)), expected, rtol=1e-13)
+    # Kim, Papamakarios, Mnih (2021), Theorem 3.2 with Q = K = I, V = 3I, one head:
+    # W^Q = (beta sqrt(3) / 2)^(1/2) I, W^V = (6 / beta) I, D/H = 3, W^O = I, so
+    # sqrt(N)/sqrt(3) (4 W0((N-1)/e) + 1) |W^Q|^2 |W^V| = 3 sqrt(N) (4 W0((N-1)/e) + 1).
+    l2 = P.SelfAttention(jnp.eye(3), jnp.eye(3), 3 * jnp.eye(3), 0.8, kernel="l2")
+    phi_inv = lambertw((ns - 1) / math.e).real
+    expected = 3 * np.sqrt(ns) * (4 * phi_inv + 1)
+    np.testing.assert_allclose(np.asarray(R.kim_bound(l2, ns)), expected, rtol=1e-12)
+    # two heads: W^O stacks two identities (|W^O| = sqrt 2), per-head terms in quadrature
+    Q2 = 2 * jnp.eye(3)
+    mh = P.MultiHeadAttention(
+        jnp.stack([jnp.eye(3), Q2]),
+        jnp.stack([jnp.eye(3), Q2]),
+        jnp.stack([jnp.eye(3), Q2]),
+        0.8,
+        kernel="l2",
+    )
+    # a_h = |Q_h|^2 |V_h (Q_h^T Q_h)^+|: 1 and 4 * 2 / 4 = 2
+    expected = np.sqrt(2) * math.sqrt(1 + 4) * np.sqrt(ns) * (4 * phi_inv + 1)
+    np.testing.assert_allclose(np.asarray(R.kim_bound(mh, ns)), expected, rtol=1e-12)
+
+
+def test_kim_bound_holds_at_every_temperature(x64):
+    # Coincident tokens: the attention matrix is uniform and its derivative vanishes, so
+    # DF = (1/n) 11^T (x) V and the constant is exactly |V| = 1 at every beta. A bound linear
+    # in |W^Q| (which scales like beta^(1/2)) would fall below 1 at large beta.
+    x = jnp.ones((4, 3))
+    for beta in (1e-2, 1.0, 1e2):
+        l2 = P.SelfAttention.identity(3, beta, kernel="l2")
+        value = float(R.lipschitz(l2, x, tol=1e-12).value)
+        assert value == pytest.approx(1.0, rel=1e-9)
+        assert value <= float(R.l2_bound(l2, 4)) <= float(R.kim_bound(l2, 4))
+
+
+def test_our_bounds_never_exceed_the_papers(key):
+    ns = np.array([1, 2, 3, 8, 64, 1024, 2**20])
+    for k in jax.random.split(key, 5):
+        kq, kk, kv, kb = jax.random.split(k, 4)
+        Q, K, V = (jax.random.normal(s, (3, 3)) for s in (kq, kk, kv))
+        beta = float(jax.random.uniform(kb, minval=0.1, maxval=5.0))
+        for radius in (0.1, 1.0, 10.0):
+            dot = P.SelfAttention(Q, K, V, beta)
+            ours = np.asarray(R.softmax_bound(dot, ns, radius))
+            assert np.all(ours <= np.asarray(R.castin_bound(dot, ns, radius)))
+        l2 = P.SelfAttention(Q, Q, V, beta, kernel="l2")
+        assert np.all(np.asarray(R.l2_bound(l2, ns)) <= np.asarray(R.kim_bound(l2, ns)))

@@ -150,9 +150,11 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         print(f"n = {n:5d}: adversarial {values[0]:8.3f}, iid {values[2]:7.3f}", flush=True)
     series = {k: np.asarray(v) for k, v in series.items()}
     bounds = {
-        "bound (ours, Castin-type)": np.asarray(R.castin_bound(dot, ns, radius)),
-        "sphere bound (ours)": np.asarray(R.lipschitz_bound(sphere, ns)),
-        "L2 bound (ours, Kim-type)": np.asarray(R.kim_bound(l2, ns)),
+        "dot: Castin et al. Thm 3.3": np.asarray(R.castin_bound(dot, ns, radius)),
+        "dot: ours": np.asarray(R.softmax_bound(dot, ns, radius)),
+        "sphere: ours": np.asarray(R.lipschitz_bound(sphere, ns)),
+        "L2: Kim et al. Thm 3.2": np.asarray(R.kim_bound(l2, ns)),
+        "L2: ours": np.asarray(R.l2_bound(l2, ns)),
     }
 
     # Gradient-ascent search for worse clouds at small n, started from i.i.d. clouds.
@@ -240,7 +242,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     plot.lipschitz_vs_n(
         ns,
         ball,
-        bounds={k: v for k, v in bounds.items() if "Castin" in k},
+        bounds={k: v for k, v in bounds.items() if k.startswith("dot")},
         fits={
             k: fits[k] for k in ("leader, max gap", "causal adversarial", "iid ball") if k in fits
         },
@@ -251,7 +253,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     plot.lipschitz_vs_n(
         ns,
         other,
-        bounds={k: v for k, v in bounds.items() if "Castin" not in k},
+        bounds={k: v for k, v in bounds.items() if not k.startswith("dot")},
         fits={k: fits[k] for k in ("sphere iid", "L2 iid") if k in fits},
         ax=right,
         title=f"sphere ($\\beta$ = {config.sphere_beta:g}) and L2 attention (tied, R = {radius:g})",
@@ -305,7 +307,9 @@ def _radius_sweep(config: Config, dot, l2, radii, key):
         "L2, searched": np.asarray(sweep(l2, jnp.asarray(radii))),
     }
     bounds = {
-        "bound (ours, Castin-type)": np.asarray(R.castin_bound(dot, m, jnp.asarray(radii))),
-        "L2 bound (ours, Kim-type)": np.asarray(R.kim_bound(l2, m)),
+        "dot: Castin et al. Thm 3.3": np.asarray(R.castin_bound(dot, m, jnp.asarray(radii))),
+        "dot: ours": np.asarray(R.softmax_bound(dot, m, jnp.asarray(radii))),
+        "L2: Kim et al. Thm 3.2": np.asarray(R.kim_bound(l2, m)),
+        "L2: ours": np.asarray(R.l2_bound(l2, m)),
     }
     return series, bounds
