@@ -851,6 +851,8 @@ class ChaosStudy(eqx.Module):
             same points (`GaussianSolution.characteristics`), `(k, seeds, T)`.
         sliced: sliced $W_2$ at the final time to a reference sample of the mean-field law of
             size `reference`, `(k, seeds)`.
+        exact: exact $W_2$ (POT) at the final time to the first `exact_reference` points of
+            that reference sample, `(k, seeds)`; NaN for $n$ above `exact_max_n`.
         solution: the Gaussian closed form.
     """
 
@@ -860,6 +862,7 @@ class ChaosStudy(eqx.Module):
     cov_error: Float[Array, "k b T"]
     coupling: Float[Array, "k b T"]
     sliced: Float[Array, "k b"]
+    exact: Float[Array, "k b"]
     solution: GaussianSolution
 
     def rms(self, name: str) -> Float[Array, "k T"]:
@@ -878,6 +881,8 @@ def propagation_of_chaos(
     seeds: int = 8,
     reference: int = 1 << 15,
     projections: int = 128,
+    exact_reference: int = 4096,
+    exact_max_n: int = 1024,
     solver: str = "tsit5",
     rtol: float = 1e-6,
     atol: float = 1e-6,
@@ -888,7 +893,10 @@ def propagation_of_chaos(
     saved time the study records the moment errors against the closed form (`moment_errors`),
     the coupling distance to the exact mean-field characteristics from the same initial points
     (Sznitman's coupling, $O(n^{-1/2})$), and at the final time the sliced $W_2$ to an
-    independent reference sample of $N(m(t), S(t))$ of size `reference`. Fit rates with
+    independent reference sample of $N(m(t), S(t))$ of size `reference` and, for
+    $n \le$ `exact_max_n`, the exact $W_2$ (POT's network simplex, `wasserstein.w2`) to its
+    first `exact_reference` points. The exact distance includes the reference's own sampling
+    error, so keep `exact_max_n` a few times below `exact_reference`. Fit rates with
     `fit_power_law(ns, study.rms("mean_error")[:, -1])`: about $-1/2$
     (DESIGN.md 2.1; Vuckovic et al. 2020).
 
@@ -899,19 +907,27 @@ def propagation_of_chaos(
         ns: particle numbers; seeds: clouds per $n$.
         ts: save times.
         reference, projections: size of the reference sample and number of slicing directions.
+        exact_reference, exact_max_n: size of the reference of the exact $W_2$ (at most
+            `reference`), and the largest $n$ it is computed for (0: never).
         solver, rtol, atol: particle solver options (`simulate`).
 
     Returns:
         A `ChaosStudy`.
     """
     from . import clouds
-    from .wasserstein import sliced_w2
+    from .wasserstein import sliced_w2, w2
 
     ns = [int(n) for n in ns]
     if not ns or min(ns) < 2:
         raise ValueError(f"ns must be a non-empty list of ints >= 2; got {ns}")
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int; got {seeds!r}")
+    if not isinstance(exact_reference, int) or not 1 <= exact_reference <= reference:
+        raise ValueError(
+            f"exact_reference must be an int in [1, reference = {reference}]; got {exact_reference!r}"
+        )
+    if not isinstance(exact_max_n, int) or exact_max_n < 0:
+        raise ValueError(f"exact_max_n must be an int >= 0; got {exact_max_n!r}")
     solution = gaussian_flow(attention, mean, cov, ts)
     if bool(solution.blew_up):
         raise ValueError(
@@ -928,7 +944,12 @@ def propagation_of_chaos(
         xs = simulate(flow, x0, solution.ts, solver=solver, rtol=rtol, atol=atol).xs
         me, ce = moment_errors(xs, solution)
         coupling = coupling_distance(xs, solution.characteristics(x0))
-        return me, ce, coupling, sliced_w2(k_proj, xs[-1], ref, projections=projections)
+        sliced = sliced_w2(k_proj, xs[-1], ref, projections=projections)
+        if n <= exact_max_n:
+            exact = w2(xs[-1], ref[:exact_reference])
+        else:
+            exact = jnp.full((), jnp.nan, xs.dtype)
+        return me, ce, coupling, sliced, exact
 
     rows = []
     for i, n in enumerate(ns):
@@ -937,7 +958,7 @@ def propagation_of_chaos(
         # nothing concrete is re-traced inside jit
         batch = eqx.filter_jit(eqx.filter_vmap(one, in_axes=(0, None, None, None)))
         rows.append(batch(keys, n, solution, ref))
-    me, ce, cp, sw = (jnp.stack(a) for a in zip(*rows, strict=True))
+    me, ce, cp, sw, ex = (jnp.stack(a) for a in zip(*rows, strict=True))
     return ChaosStudy(
         ns=jnp.asarray(ns),
         ts=solution.ts,
@@ -945,6 +966,7 @@ def propagation_of_chaos(
         cov_error=ce,
         coupling=cp,
         sliced=sw,
+        exact=ex,
         solution=solution,
     )
 

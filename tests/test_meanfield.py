@@ -392,6 +392,8 @@ def test_mean_field_experiment_writes_its_files(tmp_path):
         max_log2_n=5,
         seeds=2,
         reference=256,
+        exact_reference=128,
+        exact_max_n=32,
         animation_n=32,
         stability_n=8,
         causal_max_log2_n=5,
@@ -409,6 +411,8 @@ def test_mean_field_experiment_writes_its_files(tmp_path):
     assert metrics["convergence"]["ns"] == [16, 32]
     assert np.asarray(metrics["convergence"]["mean_error"]).shape == (2, 2, 5)
     assert np.isfinite(metrics["convergence"]["slopes"]["mean error"])
+    assert np.isfinite(metrics["convergence"]["slopes"]["exact W2 to reference"])
+    assert np.asarray(metrics["convergence"]["exact"], dtype=float).shape == (2, 2)
     assert metrics["stability"]["ratio"][0] == 1.0
     assert metrics["blowup_time"] == "inf"
     assert len(metrics["series"]["particle_mean_error"]) == 5
@@ -436,3 +440,40 @@ def test_experiment_configs_reject_bad_values():
         GaussianConfig(solver="euler")
     with pytest.raises(ValueError, match="modes must lie in"):
         CircleConfig(modes=0.9)
+
+
+def test_chaos_study_exact_w2_bounds_the_sliced_one_and_stops_at_exact_max_n(key):
+    # With one reference for both, sliced W2 <= exact W2 member by member: each projected
+    # 1-D distance is at most W2 (projections are 1-Lipschitz), and the sliced value is
+    # their root mean square. Above exact_max_n the exact distance is not computed (NaN).
+    study = mf.propagation_of_chaos(
+        key,
+        _attention(),
+        M0,
+        S0,
+        [16, 64, 128],
+        jnp.array([0.0, 0.5]),
+        seeds=3,
+        reference=256,
+        exact_reference=256,
+        exact_max_n=64,
+        solver="bosh3",
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    exact, sliced = np.asarray(study.exact), np.asarray(study.sliced)
+    assert exact.shape == (3, 3) and np.all(np.isnan(exact[2]))
+    assert np.all(sliced[:2] <= exact[:2] * (1 + 1e-6))
+    # the exact distance of 16 points is larger than that of 64 on average
+    assert exact[0].mean() > exact[1].mean()
+    with pytest.raises(ValueError, match="exact_reference must be an int in"):
+        mf.propagation_of_chaos(
+            key,
+            _attention(),
+            M0,
+            S0,
+            [16],
+            jnp.array([0.0, 0.5]),
+            reference=64,
+            exact_reference=128,
+        )

@@ -35,12 +35,13 @@ def sample_convergence_figure(
         fig = ax.figure
     for k, (name, values) in enumerate(errors.items()):
         values = np.asarray(values, dtype=float)
+        finite = np.isfinite(values)  # a series may stop early (NaN beyond its largest n)
         label = name
         if slopes and name in slopes:
             p, c = slopes[name]
-            ax.plot(ns, c * ns**p, "--", color=f"C{k}", lw=1)
+            ax.plot(ns[finite], c * ns[finite] ** p, "--", color=f"C{k}", lw=1)
             label = f"{name} (slope {p:.2f})"
-        ax.plot(ns, values, "o-", color=f"C{k}", ms=4, lw=1.2, label=label)
+        ax.plot(ns[finite], values[finite], "o-", color=f"C{k}", ms=4, lw=1.2, label=label)
     if reference_slope is not None:
         first = np.asarray(next(iter(errors.values())), dtype=float)[0]
         ax.plot(

@@ -53,6 +53,10 @@ class GaussianConfig:
     """independent clouds per n (simulated together with vmap)"""
     reference: int = 16384
     """size of the reference sample of the mean-field law for the sliced W2"""
+    exact_reference: int = 4096
+    """size of the reference sample for the exact W2 (POT): the first points of the sliced one"""
+    exact_max_n: int = 1024
+    """largest n of the exact W2 (keep it a few times below exact_reference; 0: none)"""
     animation_n: int = 1024
     """particles in the animated cloud"""
     stability_n: int = 256
@@ -80,6 +84,11 @@ class GaussianConfig:
         require_at_least(self, "min_log2_n", 2)
         require_at_least(self, "max_log2_n", self.min_log2_n + 1)
         require_at_least(self, "seeds", 2)
+        require_at_least(self, "exact_max_n", 0)
+        if not 1 <= self.exact_reference <= self.reference:
+            raise ValueError(
+                f"exact_reference must be in [1, reference = {self.reference}]; got {self.exact_reference}"
+            )
         require_at_least(self, "animation_n", 2)
         require_at_least(self, "stability_n", 2)
         require_at_least(self, "causal_max_log2_n", 5)
@@ -127,6 +136,8 @@ def run_gaussian(
         ts[:: max(1, (len(ts) - 1) // 4)],
         seeds=config.seeds,
         reference=config.reference,
+        exact_reference=config.exact_reference,
+        exact_max_n=config.exact_max_n,
         solver=config.solver,
         rtol=config.rtol,
         atol=config.atol,
@@ -136,8 +147,15 @@ def run_gaussian(
         "covariance error": np.asarray(study.rms("cov_error")[:, -1]),
         "coupling to characteristics": np.asarray(study.rms("coupling")[:, -1]),
         "sliced W2 to reference": np.asarray(jnp.sqrt(jnp.mean(study.sliced**2, axis=1))),
+        "exact W2 to reference": np.asarray(jnp.sqrt(jnp.mean(study.exact**2, axis=1))),
     }
-    slopes = {k: mf.fit_power_law(ns, v) for k, v in convergence.items()}
+    exact_ns = [n for n in ns if n <= config.exact_max_n]
+    if len(exact_ns) < 2:  # nothing to fit: leave the exact distance out
+        del convergence["exact W2 to reference"]
+    slopes = {
+        k: mf.fit_power_law(ns[: np.isfinite(v).sum()], v[np.isfinite(v)])
+        for k, v in convergence.items()
+    }
 
     # the animated cloud
     flow = P.AttentionFlow(attention)
@@ -190,6 +208,9 @@ def run_gaussian(
                 "cov_error": np.asarray(study.cov_error),
                 "coupling": np.asarray(study.coupling),
                 "sliced": np.asarray(study.sliced),
+                "exact": np.asarray(study.exact),
+                "exact_reference": config.exact_reference,
+                "reference": config.reference,
             },
             "stability": {
                 "ts": np.asarray(stab.ts),
