@@ -92,7 +92,9 @@ def test_trajectory_fields_and_stats(key):
 
 
 @pytest.mark.parametrize("solver", sorted(P.SOLVERS))
-def test_every_solver_converges_to_the_same_answer(key, solver):
+def test_every_solver_converges_to_the_same_answer(key, solver, request):
+    if solver.startswith("kvaerno"):  # implicit solvers run in float64 only
+        request.getfixturevalue("x64")
     x0 = P.clouds.sphere_uniform(key, 6, 3)
     flow = P.AttentionFlow(P.SelfAttention.identity(3, 2.0), P.Sphere())
     ts = jnp.array([0.0, 1.0])
@@ -100,6 +102,26 @@ def test_every_solver_converges_to_the_same_answer(key, solver):
     dt = 1e-3 if solver == "euler" else None
     got = P.simulate(flow, x0, ts, solver=solver, dt=dt, rtol=1e-6, atol=1e-6).final
     np.testing.assert_allclose(got, ref, atol=5e-3 if solver == "euler" else 1e-4)
+
+
+def test_implicit_solver_takes_far_fewer_steps_on_stiff_unnormalized_attention(key, x64):
+    # USA at beta = 8 on S^2: once tokens gather, the cluster contracts at a rate ~ e^8, and
+    # explicit steps must stay below ~1/e^8 for stability. The L-stable kvaerno3 is not
+    # limited by stability; both agree to the tolerance.
+    x0 = P.clouds.sphere_uniform(key, 12, 3)
+    attention = P.SelfAttention.identity(3, 8.0, normalization="unnormalized")
+    flow = P.AttentionFlow(attention, P.Sphere())
+    ts = jnp.array([0.0, 10.0])
+    explicit = P.simulate(flow, x0, ts, solver="tsit5", rtol=1e-7, atol=1e-7)
+    implicit = P.simulate(flow, x0, ts, solver="kvaerno3", rtol=1e-7, atol=1e-7)
+    assert int(explicit.num_steps) > 10 * int(implicit.num_steps)
+    np.testing.assert_allclose(implicit.final, explicit.final, atol=1e-4)
+    # a Newton failure is recovered only by a smaller step: no fixed steps
+    with pytest.raises(ValueError, match="'kvaerno5' is implicit and needs adaptive steps"):
+        P.simulate(flow, x0, ts, solver="kvaerno5", dt=0.05)
+    # in float32 the Newton iterations stall: refused up front
+    with pytest.raises(ValueError, match="'kvaerno3' is implicit and needs float64"):
+        P.simulate(flow, x0.astype(jnp.float32), ts, solver="kvaerno3")
 
 
 def test_fixed_step_count(key):
