@@ -47,8 +47,8 @@ class GaussianConfig:
     """saved times (animation frames), evenly spaced in [0, t1]"""
     min_log2_n: int = 6
     """smallest particle number of the convergence study, as log2 n"""
-    max_log2_n: int = 11
-    """largest particle number of the convergence study, as log2 n (14 for the full study)"""
+    max_log2_n: int = 14
+    """largest particle number of the convergence study, as log2 n"""
     seeds: int = 8
     """independent clouds per n (simulated together with vmap)"""
     reference: int = 16384

@@ -159,8 +159,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     )
 
     fig = plot.phase_figure(ts, grids, probabilities, steps)
+    # two lines: a single panel (one normalization) is too narrow for one
     fig.suptitle(
-        f"P(one cluster at t): n = {config.n}, $S^{{{config.d - 1}}}$, {config.runs} starts "
+        f"P(one cluster at t): n = {config.n}, $S^{{{config.d - 1}}}$,\n{config.runs} starts "
         f"per $\\beta$, eps = {config.eps:g}"
     )
     fig.savefig(directory / "phase_diagram.png", dpi=110)
