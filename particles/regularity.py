@@ -536,14 +536,23 @@ def softmax_bound(attention: SelfAttention | MultiHeadAttention, n, radius) -> F
         n: number of tokens (scalar or array: the bound is evaluated elementwise).
         radius: radius $R$ of the ball containing the cloud.
     """
-    _check_attention(attention, ("dot",), ("softmax",), "softmax_bound")
+
+    def head(a, v, n, r):
+        c = a * r**2
+        return v * (jnp.sqrt(n) * (1 + c) + c)
+
+    return _dot_softmax_bound(attention, n, radius, "softmax_bound", head)
+
+
+def _dot_softmax_bound(attention, n, radius, what, head):
+    """Sum over heads of `head(beta |Q^T K|, |V|, n, R)`, after checking the arguments."""
+    _check_attention(attention, ("dot",), ("softmax",), what)
     n = _check_n(n)
     radius = _check_radius(radius)
-    total = 0.0
-    for Q, K, V in _heads(attention):
-        c = attention.beta * _norm2(Q.T @ K) * radius**2
-        total = total + _norm2(V) * (jnp.sqrt(n) * (1 + c) + c)
-    return total
+    return sum(
+        head(attention.beta * _norm2(Q.T @ K), _norm2(V), n, radius)
+        for Q, K, V in _heads(attention)
+    )
 
 
 def unnormalized_bound(attention: SelfAttention | MultiHeadAttention, radius) -> Float[Array, ""]:
@@ -655,14 +664,11 @@ def castin_bound(attention: SelfAttention | MultiHeadAttention, n, radius) -> Fl
         n: number of tokens (scalar or array: the bound is evaluated elementwise).
         radius: radius $R$ of the ball containing the cloud.
     """
-    _check_attention(attention, ("dot",), ("softmax",), "castin_bound")
-    n = _check_n(n)
-    radius = _check_radius(radius)
-    total = 0.0
-    for Q, K, V in _heads(attention):
-        a = attention.beta * _norm2(Q.T @ K)
-        total = total + math.sqrt(3) * _norm2(V) * jnp.sqrt(a**2 * radius**4 * (4 * n + 1) + n)
-    return total
+
+    def head(a, v, n, r):
+        return math.sqrt(3) * v * jnp.sqrt(a**2 * r**4 * (4 * n + 1) + n)
+
+    return _dot_softmax_bound(attention, n, radius, "castin_bound", head)
 
 
 def kim_bound(attention: SelfAttention | MultiHeadAttention, n) -> Float[Array, "..."]:

@@ -10,7 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 _BOUND_STYLE = {"ls": "--", "lw": 1.3}
-_DASHES = ("--", "-.", (0, (5, 2, 1, 2, 1, 2)))
+# upper bounds: one dark grey, told apart by dash pattern
+_DASHES = ("--", "-.", (0, (5, 2, 1, 2, 1, 2)), ":")
 
 
 def _axes(ax, size=(6.4, 4.4)):
@@ -18,6 +19,10 @@ def _axes(ax, size=(6.4, 4.4)):
         return ax.figure, ax
     fig, ax = plt.subplots(figsize=size, layout="constrained")
     return fig, ax
+
+
+def _bound_style(k: int) -> dict:
+    return {"c": "0.3", "ls": _DASHES[k % len(_DASHES)], "lw": 1.3}
 
 
 def lipschitz_vs_n(
@@ -57,7 +62,7 @@ def lipschitz_vs_n(
             xf = np.geomspace(lo, hi, 20)
             ax.plot(xf, fits[name]["prefactor"] * xf ** fits[name]["exponent"], ":", c=f"C{k}")
     for k, (name, values) in enumerate((bounds or {}).items()):
-        ax.plot(ns, np.asarray(values, float), c="0.35", label=name, ls=_DASHES[k % 3], lw=1.3)
+        ax.plot(ns, np.asarray(values, float), label=name, **_bound_style(k))
     if threshold is not None:
         ax.axvline(threshold, c="0.5", lw=0.8)
         ax.text(
@@ -96,7 +101,7 @@ def lipschitz_vs_radius(
         ax.plot(radii, np.asarray(values, float), "o-", ms=3.5, c=f"C{k}", label=name)
     for k, (name, values) in enumerate((bounds or {}).items()):
         values = np.broadcast_to(np.asarray(values, float), radii.shape)
-        ax.plot(radii, values, c=f"0.{3 + 2 * k}", label=name, **_BOUND_STYLE)
+        ax.plot(radii, values, label=name, **_bound_style(k))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("radius R of the ball")
