@@ -881,7 +881,7 @@ def propagation_of_chaos(
     seeds: int = 8,
     reference: int = 1 << 15,
     projections: int = 128,
-    exact_reference: int = 4096,
+    exact_reference: int | None = None,
     exact_max_n: int = 1024,
     solver: str = "tsit5",
     rtol: float = 1e-6,
@@ -908,7 +908,9 @@ def propagation_of_chaos(
         ts: save times.
         reference, projections: size of the reference sample and number of slicing directions.
         exact_reference, exact_max_n: size of the reference of the exact $W_2$ (at most
-            `reference`), and the largest $n$ it is computed for (0: never).
+            `reference`; `None` is `min(4096, reference)`: POT takes about 2.5 s for 4096
+            points against 4096 on two CPU cores), and the largest $n$ it is computed for
+            (0: never).
         solver, rtol, atol: particle solver options (`simulate`).
 
     Returns:
@@ -922,6 +924,8 @@ def propagation_of_chaos(
         raise ValueError(f"ns must be a non-empty list of ints >= 2; got {ns}")
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int; got {seeds!r}")
+    if exact_reference is None:
+        exact_reference = min(4096, reference)
     if not isinstance(exact_reference, int) or not 1 <= exact_reference <= reference:
         raise ValueError(
             f"exact_reference must be an int in [1, reference = {reference}]; got {exact_reference!r}"

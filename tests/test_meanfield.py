@@ -451,21 +451,22 @@ def test_chaos_study_exact_w2_bounds_the_sliced_one_and_stops_at_exact_max_n(key
         _attention(),
         M0,
         S0,
-        [16, 64, 128],
+        [16, 32],
         jnp.array([0.0, 0.5]),
         seeds=3,
         reference=256,
-        exact_reference=256,
-        exact_max_n=64,
+        exact_max_n=16,
         solver="bosh3",
         rtol=1e-5,
         atol=1e-5,
     )
+    # exact_reference defaults to min(4096, reference) = 256: the same reference as the
+    # sliced distance
     exact, sliced = np.asarray(study.exact), np.asarray(study.sliced)
-    assert exact.shape == (3, 3) and np.all(np.isnan(exact[2]))
-    assert np.all(sliced[:2] <= exact[:2] * (1 + 1e-6))
-    # the exact distance of 16 points is larger than that of 64 on average
-    assert exact[0].mean() > exact[1].mean()
+    assert exact.shape == (2, 3) and np.all(np.isnan(exact[1]))
+    assert np.all(sliced[0] <= exact[0] * (1 + 1e-6))
+    # far from zero: 16 points against 256 (a loose sanity bound on a 2-D Gaussian cloud)
+    assert np.all((exact[0] > 0.05) & (exact[0] < 1.5))
     with pytest.raises(ValueError, match="exact_reference must be an int in"):
         mf.propagation_of_chaos(
             key,
