@@ -25,6 +25,17 @@ def _bound_style(k: int) -> dict:
     return {"c": "0.3", "ls": _DASHES[k % len(_DASHES)], "lw": 1.3}
 
 
+def _finish_loglog(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7.5)
+    if title:
+        ax.set_title(title)
+
+
 def lipschitz_vs_n(
     ns,
     series: Mapping[str, np.ndarray],
@@ -74,14 +85,7 @@ def lipschitz_vs_n(
             fontsize=7.5,
             transform=ax.get_xaxis_transform(),
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("number of tokens n")
-    ax.set_ylabel(r"local Lipschitz constant $\|DF(X)\|_2$")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5)
-    if title:
-        ax.set_title(title)
+    _finish_loglog(ax, "number of tokens n", r"local Lipschitz constant $\|DF(X)\|_2$", title)
     return fig
 
 
@@ -102,14 +106,7 @@ def lipschitz_vs_radius(
     for k, (name, values) in enumerate((bounds or {}).items()):
         values = np.broadcast_to(np.asarray(values, float), radii.shape)
         ax.plot(radii, values, label=name, **_bound_style(k))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("radius R of the ball")
-    ax.set_ylabel(r"Lipschitz constant")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5)
-    if title:
-        ax.set_title(title)
+    _finish_loglog(ax, "radius R of the ball", "Lipschitz constant", title)
     return fig
 
 
