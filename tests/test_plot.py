@@ -13,10 +13,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from particles.analysis import track_clusters
 
 import particles as P
 from particles import plot
-from particles.analysis import track_clusters
 
 
 def _sphere(rng, T, n, d):

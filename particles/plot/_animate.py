@@ -250,7 +250,7 @@ def animate(
         metrics: `{name: (T,) or (k, T)}` time series, drawn with a cursor at the frame.
         colors: a colour, RGBA `(n, 4)` / `(T, n, 4)`, or values `(n,)` / `(T, n)` mapped
             through `cmap`; a list of these with one per trajectory.
-        clusters: integer labels `(T, n)` (from `particles.analysis.track_clusters`) or
+        clusters: integer labels `(T, n)` (from `particles.metrics.track_clusters`) or
             `(n,)`: colour by cluster, the same colour for a cluster in every frame.
         singletons: with `clusters`, the colour of tokens alone in their cluster (e.g.
             `"0.65"`), so that only formed clusters are coloured.

@@ -171,7 +171,7 @@ def polytope(
     trails: bool = True,
 ):
     r"""Rescaled planar tokens $z_i(t)$ (e.g. $e^{-t} x_i(t)$, from
-    `particles.clustering.rescaled`): their paths (faint), their final positions, and the
+    `particles.metrics.rescaled`): their paths (faint), their final positions, and the
     convex hull of the final positions (Geshkovski et al. 2023: the
     $z_i$ converge to vertices of a convex polytope when $V = I$, $Q^\top K \succ 0$).
 

@@ -204,7 +204,7 @@ def cluster_colors(labels, palette: str = "tab10", singletons=None) -> np.ndarra
     """RGBA colours from cluster labels, one colour per cluster.
 
     `labels (n,)`: clusters ranked by size, largest first, so a cluster's colour does not
-    depend on its label value. `labels (T, n)` (from `particles.analysis.track_clusters`):
+    depend on its label value. `labels (T, n)` (from `particles.metrics.track_clusters`):
     one colour per label for the whole trajectory, ranked by size in the last frame (then
     by label), so a cluster keeps its colour from frame to frame. Colours cycle through the
     palette beyond its length. `singletons`: a colour for tokens alone in their cluster in
