@@ -93,8 +93,8 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             "solver": {
                 "name": config.solver,
                 "num_steps": trajectory.num_steps,
-                "num_accepted": trajectory.num_accepted,
-                "num_rejected": trajectory.num_rejected,
+                "num_accepted": trajectory.stats.num_accepted,
+                "num_rejected": trajectory.stats.num_rejected,
             },
         },
     )
