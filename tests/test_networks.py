@@ -240,6 +240,8 @@ def test_network_under_jit_and_vmap(key):
     assert jnp.allclose(out[1], net(2 * x0), atol=1e-6)
     jitted = eqx.filter_jit(lambda m, x: m(x))(net, x0)
     assert jnp.allclose(jitted, net(x0), atol=1e-6)
+    finals = jax.vmap(net.final)(batch)
+    np.testing.assert_allclose(finals, out[:, -1], rtol=0, atol=1e-14)
     traj = net.trajectory(x0)
     assert traj.xs.shape == (9, N, D) and np.allclose(traj.ts, np.linspace(0, T, 9))
 
