@@ -385,8 +385,14 @@ def test_metric_panels_are_titled_in_words_with_units():
     assert plot.metric_label("a_b").title == "a b" and plot.metric_label("a_b").scale == "linear"
     # the same words in the animation's metric panels and in run_curves
     renderer = plot.Renderer(ts, _cloud("sphere", T=6), metrics=series, dpi=30)
-    titles = [p.cursor.axes.get_title() for p in renderer.scene.panels if hasattr(p, "cursor")]
-    assert titles == [ax.get_title() for ax in axes]
+    panels = [p.cursor.axes for p in renderer.scene.panels if hasattr(p, "cursor")]
+    assert [ax.get_title() for ax in panels] == [ax.get_title() for ax in axes]
+    # four panels beside a 4.2 in cloud keep a readable height (they were squeezed to 5 %
+    # of the figure by a gridspec spacing on top of the layout's), one time axis at the bottom
+    heights = [ax.get_position().height for ax in panels]
+    assert min(heights) > 0.13
+    assert [ax.get_xlabel() for ax in panels] == ["", "", "", "time t"]
+    assert [ax.get_yscale() for ax in panels] == ["linear", "log", "linear", "linear"]
     curves = plot.run_curves(ts, {"effective_rank": np.stack([ts, ts])}, labels=["a", "b"])
     assert curves[0].get_title() == "effective rank"
     plt.close("all")

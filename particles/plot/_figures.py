@@ -512,17 +512,19 @@ class AttentionPanel:
 class MetricPanel:
     """One metric against time (one curve per trajectory) with a cursor at the frame."""
 
-    def __init__(self, ax, ts, name, values, labels=None, time_label="time t"):
+    def __init__(self, ax, ts, name, values, labels=None, time_label="time t", legend=True):
         values = np.asarray(values, dtype=float)
         rows = values.reshape(-1, len(ts))
         for j, row in enumerate(rows):
             label = labels[j] if labels is not None and len(rows) > 1 else None
             ax.plot(ts, row, lw=1.4, c=f"C{j}", label=label)
-        if labels is not None and len(rows) > 1:
+        if legend and labels is not None and len(rows) > 1:
             ax.legend(fontsize=7)
-        style_metric_axis(ax, name, fontsize=10)
-        ax.set_xlabel(time_label)
-        ax.grid(alpha=0.3)
+        # the panels of an animation are short: a rotated unit would squeeze them
+        style_metric_axis(ax, name, fontsize=10, unit=False)
+        if time_label:
+            ax.set_xlabel(time_label)
+        ax.grid(alpha=0.3, which="both")
         self.ts = ts
         self.cursor = ax.axvline(ts[0], c="C3", lw=1)
         self.artists = [self.cursor]
@@ -642,9 +644,14 @@ class CloudScene(AbstractScene):
                         )
                     self.panels.append(AttentionPanel(e_ax, A, clusters_k[j]))
         if metrics:
-            sub = metric_cell.subgridspec(len(metrics), 1, hspace=0.5)
+            # the panels share the time axis, labelled once at the bottom; spacing is left
+            # to the layout engine (a gridspec hspace on top of it squeezes the panels flat)
+            sub = metric_cell.subgridspec(len(metrics), 1)
+            first = None
             for m, (name, values) in enumerate(metrics.items()):
-                m_ax = fig.add_subplot(sub[m, 0])
+                m_ax = fig.add_subplot(sub[m, 0], sharex=first)
+                first = first or m_ax
+                bottom = m == len(metrics) - 1
                 self.panels.append(
                     MetricPanel(
                         m_ax,
@@ -652,9 +659,14 @@ class CloudScene(AbstractScene):
                         name,
                         values,
                         labels,
-                        f"time {time_label}" if time_label == "t" else time_label,
+                        (f"time {time_label}" if time_label == "t" else time_label)
+                        if bottom
+                        else None,
+                        legend=m == 0,
                     )
                 )
+                if not bottom:
+                    m_ax.tick_params(labelbottom=False)
         self.time = TimeLabel(self.cloud_axes, self.ts, time_label, time_format)
         if title:
             suptitle(fig, title)

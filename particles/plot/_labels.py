@@ -38,7 +38,7 @@ METRIC_LABELS: dict[str, MetricLabel] = {
     "energy": MetricLabel("interaction energy", r"$E_\beta$"),
     "energy / max": MetricLabel("energy / one-cluster energy", r"$E_\beta / E_\beta^{\max}$"),
     # counts fall from n to a few: only a log axis shows the metastable plateaus at the end
-    "clusters": MetricLabel("number of clusters", "clusters (log scale)", "log"),
+    "clusters": MetricLabel("number of clusters", "count (log scale)", "log"),
     "mean_cosine": MetricLabel("mean pairwise cosine", r"$\cos\angle(x_i, x_j)$"),
     "sphere_drift": MetricLabel("distance off the sphere", r"$\max_i\,||x_i| - 1|$"),
     "effective_rank": MetricLabel("effective rank", "rank of the Gram matrix"),
@@ -55,15 +55,23 @@ def metric_label(name: str) -> MetricLabel:
     return METRIC_LABELS.get(name, MetricLabel(name.replace("_", " ")))
 
 
-def style_metric_axis(ax, name: str, *, scale: str | None = None, fontsize: float | None = None):
-    """Title, y-label and y-scale of the panel of metric `name` (after its curves are drawn).
+def style_metric_axis(
+    ax,
+    name: str,
+    *,
+    scale: str | None = None,
+    fontsize: float | None = None,
+    unit: bool = True,
+):
+    """Title, y-label (the unit, unless `unit=False`: small panels) and y-scale of the panel
+    of metric `name`, after its curves are drawn.
 
     `scale` overrides the known scale. A log count axis gets plain integer tick labels.
     """
     label = metric_label(name)
     scale = scale or label.scale
     ax.set_title(label.title, fontsize=fontsize)
-    if label.unit:
+    if label.unit and unit:
         ax.set_ylabel(label.unit, fontsize=8)
     if scale == "log":
         values = np.concatenate([np.asarray(line.get_ydata(), float) for line in ax.lines] or [[]])
