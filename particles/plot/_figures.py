@@ -204,33 +204,52 @@ def _draw_background(ax, geo: Geometry, view) -> None:
 # --------------------------------------------------------------------------- colours
 
 
+def _extension_candidates() -> np.ndarray:
+    """Saturated RGB colours to extend a palette with: a grid of 36 hues, 3 saturations and
+    3 values, none grey, none so light that it vanishes on white."""
+    h, sat, val = np.meshgrid(np.arange(36) / 36, [0.5, 0.75, 1.0], [0.5, 0.72, 0.95])
+    rgb = matplotlib.colors.hsv_to_rgb(np.stack([h, sat, val], -1).reshape(-1, 3))
+    return rgb[rgb @ [0.2126, 0.7152, 0.0722] < 0.8]
+
+
 def _palette(name: str, k: int, avoid=None) -> np.ndarray:
     """`k` distinct RGBA colours: the entries of the qualitative colormap `name` (10
-    evenly spaced samples of a continuous one) in order, then, when more are needed, further
-    hues spaced by the golden angle at alternating saturation and value. Entries within
-    0.3 (RGB distance) of the colour `avoid` (the grey of singletons) are left out, so that
-    no cluster looks like a lone token."""
+    evenly spaced samples of a continuous one) in order, then, when more are needed, each
+    next colour the saturated one farthest from all those chosen so far (and from `avoid`).
+    Entries within 0.3 (RGB distance) of the colour `avoid` (the grey of singletons) are
+    left out, so that no cluster looks like a lone token."""
     cmap = matplotlib.colormaps[name]
     base = (
         np.asarray(cmap.colors, float)
         if isinstance(cmap, matplotlib.colors.ListedColormap)
         else cmap(np.linspace(0, 1, 10))
     )
-    base = matplotlib.colors.to_rgba_array(base)
+    base = matplotlib.colors.to_rgba_array(base)[:, :3]
+    taken = [np.zeros((0, 3))]
     if avoid is not None:
-        grey = matplotlib.colors.to_rgba(avoid)[:3]
-        base = base[np.linalg.norm(base[:, :3] - grey, axis=1) >= 0.3]
-    colours = list(base[:k])
-    j = 0
-    while len(colours) < k:
-        hue = (0.6180339887498949 * j + 0.05) % 1.0
-        sat, val = (0.75, 0.85) if j % 2 == 0 else (0.55, 0.65)
-        rgb = matplotlib.colors.hsv_to_rgb([hue, sat, val])
-        j += 1
-        if avoid is not None and np.linalg.norm(rgb - grey) < 0.3:
-            continue
-        colours.append(np.r_[rgb, 1.0])
-    return np.array(colours, float).reshape(k, 4)
+        grey = np.asarray(matplotlib.colors.to_rgba(avoid)[:3])
+        base = base[np.linalg.norm(base - grey, axis=1) >= 0.3]
+        taken.append(grey[None])
+    chosen = list(base[:k])
+    if len(chosen) < k:
+        # a rough perceptual distance: the eye tells greens apart best, blues worst
+        weight = np.sqrt([2.0, 4.0, 3.0])
+        candidates = _extension_candidates() * weight
+        others = np.concatenate([*taken, np.array(chosen).reshape(-1, 3)]) * weight
+        gap = np.min(np.linalg.norm(candidates[:, None] - others[None], axis=-1), axis=1)
+        for _ in range(min(k - len(chosen), len(candidates))):
+            best = int(np.argmax(gap))
+            chosen.append(candidates[best] / weight)
+            gap = np.minimum(gap, np.linalg.norm(candidates - candidates[best], axis=1))
+            gap[best] = -1.0  # never twice
+        # beyond the grid (hundreds of clusters at once): golden-angle hues, all distinct
+        j = np.arange(k - len(chosen))
+        hsv = np.stack(
+            [(0.6180339887498949 * j) % 1.0, 0.6 + 0.3 * (j % 2), 0.55 + 0.3 * (j % 3 == 0)], 1
+        )
+        chosen += list(matplotlib.colors.hsv_to_rgb(hsv))
+    rgb = np.array(chosen, float).reshape(k, 3)
+    return np.concatenate([rgb, np.ones((k, 1))], axis=1)
 
 
 def _colour_slots(present: np.ndarray, size: np.ndarray, labels: np.ndarray) -> np.ndarray:
