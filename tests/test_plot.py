@@ -527,6 +527,21 @@ def test_inline_video_and_javascript_player():
     assert player.kind == "jshtml" and player._repr_html_().count("data:image/png;base64,") == 3 + 1
 
 
+def test_inline_animations_save_what_they_show(tmp_path):
+    ts, xs = np.arange(3.0), _cloud("circle", T=3)
+    gif = plot.animate(ts, xs, tmp_path / "a.gif", dpi=20, progress=False)
+    shown = plot.inline(gif, width=100)
+    assert shown.kind == "gif" and 'width="100"' in shown._repr_html_()
+    # the saved copy is the GIF itself (it used to be written as an HTML page)
+    assert shown.save(tmp_path / "copy.gif").read_bytes() == gif.read_bytes()
+    video = plot.animate(ts, xs, dpi=20, progress=False, embed="video")
+    assert video.save(tmp_path / "v.mp4").read_bytes()[4:8] == b"ftyp"
+    page = plot.animate(ts, xs, dpi=20, progress=False, embed="jshtml").save(tmp_path / "p.html")
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~_umask()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "copy.gif", "p.html", "v.mp4"]
+
+
 def test_bad_arguments_raise_before_rendering(tmp_path):
     ts, xs = np.arange(4.0), _cloud("plane")
     cases = [

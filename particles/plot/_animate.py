@@ -162,11 +162,19 @@ class InlineAnimation:
         return self.html
 
     def save(self, path: str | Path) -> Path:
+        """Write the video or GIF it holds, or the HTML page of the player, atomically."""
         path = Path(path)
-        if self.kind == "video":
-            path.write_bytes(self.data)
+        if self.data is not None:
+            data = self.data
         else:
-            path.write_text(f"<!DOCTYPE html><html><body>{self.html}</body></html>\n")
+            data = f"<!DOCTYPE html><html><body>{self.html}</body></html>\n".encode()
+        tmp = _temporary_beside(path)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         return path
 
 
