@@ -363,6 +363,14 @@ def test_a_title_that_fits_is_left_alone():
     plot.fit_title(text)
     assert text.get_text().startswith("$f(a, b, c, d)$,\n")
     plt.close(fig)
+    # without commas, between words, before any shrinking
+    fig = plt.figure(figsize=(1.6, 1.6), dpi=100)
+    text = fig.suptitle("the flow of many tokens on the sphere over time")
+    plot.fit_title(text)
+    assert text.get_fontsize() == 12 and text.get_text().count("\n") >= 2
+    assert text.get_text().replace("\n", " ") == "the flow of many tokens on the sphere over time"
+    assert _texts_outside(fig) == []
+    plt.close(fig)
 
 
 def test_metric_panels_are_titled_in_words_with_units():

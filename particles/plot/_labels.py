@@ -27,18 +27,20 @@ __all__ = [
 @dataclass(frozen=True)
 class MetricLabel:
     """How a metric series is named in a figure: `title` in words, `unit` (the quantity on
-    the y-axis, empty for none) and the y-axis `scale` ("linear" or "log")."""
+    the y-axis, empty for none), the y-axis `scale` ("linear" or "log"), and whether the
+    values are counts (`count`: whole-number tick labels on a log axis)."""
 
     title: str
     unit: str = ""
     scale: str = "linear"
+    count: bool = False
 
 
 METRIC_LABELS: dict[str, MetricLabel] = {
     "energy": MetricLabel("interaction energy", r"$E_\beta$"),
     "energy / max": MetricLabel("energy / one-cluster energy", r"$E_\beta / E_\beta^{\max}$"),
     # counts fall from n to a few: only a log axis shows the metastable plateaus at the end
-    "clusters": MetricLabel("number of clusters", "count (log scale)", "log"),
+    "clusters": MetricLabel("number of clusters", "count (log scale)", "log", count=True),
     "mean_cosine": MetricLabel("mean pairwise cosine", r"$\cos\angle(x_i, x_j)$"),
     "sphere_drift": MetricLabel("distance off the sphere", r"$\max_i\,||x_i| - 1|$"),
     "effective_rank": MetricLabel("effective rank", "rank of the Gram matrix"),
@@ -78,7 +80,7 @@ def style_metric_axis(
         # log scale needs positive values; a series that is not (a drift exactly 0) keeps linear
         if values.size and np.nanmin(values) > 0:
             ax.set_yscale("log")
-            if name == "clusters":
+            if label.count:
                 ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
                 ax.yaxis.set_minor_formatter(ticker.NullFormatter())
@@ -90,15 +92,16 @@ def style_metric_axis(
 _MIN_FONTSIZE = 6.0
 
 
-def _pieces(text: str) -> list[str]:
-    """`text` cut after each ", ", ": " or "; " that lies outside `$...$` (mathtext)."""
+def _pieces(text: str, marks: str = ",:;") -> list[str]:
+    """`text` cut after each space that follows one of `marks` (every space when `marks`
+    is empty) and lies outside `$...$` (mathtext)."""
     pieces, start, math = [], 0, False
     for k, ch in enumerate(text):
         if ch == "$" and (k == 0 or text[k - 1] != "\\"):
             math = not math
-        elif not math and ch in ",:;" and text[k + 1 : k + 2] == " ":
-            pieces.append(text[start : k + 2])
-            start = k + 2
+        elif not math and ch == " " and k > 0 and (not marks or text[k - 1] in marks):
+            pieces.append(text[start : k + 1])
+            start = k + 1
     pieces.append(text[start:])
     return [p for p in pieces if p]
 
@@ -111,9 +114,10 @@ def _measurer(fig):
 
 
 def fit_title(text, width: float | None = None) -> None:
-    """Wrap a title (a matplotlib `Text`) at its commas and colons, then shrink its font,
-    until every line is at most `width` pixels wide (default: 96 % of the figure's width),
-    so that the title is never clipped at the figure's edges."""
+    """Wrap a title (a matplotlib `Text`) at its commas and colons, else between words, then
+    shrink its font, until every line is at most `width` pixels wide (default: 96 % of the
+    figure's width), so that the title is never clipped at the figure's edges. Mathtext
+    (`$...$`) is never broken."""
     fig = _root(text)
     content = text.get_text()
     if not content:
@@ -127,21 +131,30 @@ def fit_title(text, width: float | None = None) -> None:
 
     if wide(content) <= width:
         return
-    for size in np.arange(text.get_fontsize(), _MIN_FONTSIZE - 1e-9, -0.5):
-        text.set_fontsize(size)
+    flat = re.sub(r"\s*\n\s*", " ", content)
+
+    def wrap(pieces: list[str]) -> list[str]:
         lines, current = [], ""
-        for piece in _pieces(re.sub(r"\s*\n\s*", " ", content)):
+        for piece in pieces:  # greedy: as many pieces on a line as fit
             if current and wide((current + piece).rstrip()) > width:
                 lines.append(current.rstrip())
                 current = piece
             else:
                 current += piece
-        lines.append(current.rstrip())
-        joined = "\n".join(lines)
-        if all(wide(line) <= width for line in lines):
-            text.set_text(joined)
-            return
-    text.set_text(joined)
+        return [*lines, current.rstrip()]
+
+    size = text.get_fontsize()
+    while True:
+        text.set_fontsize(size)
+        for marks in (",:;", ""):
+            lines = wrap(_pieces(flat, marks))
+            if all(wide(line) <= width for line in lines):
+                text.set_text("\n".join(lines))
+                return
+        if size <= _MIN_FONTSIZE:
+            break
+        size = max(size - 0.5, _MIN_FONTSIZE)
+    text.set_text("\n".join(lines))
 
 
 def _root(artist):
