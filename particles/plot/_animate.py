@@ -168,14 +168,7 @@ class InlineAnimation:
             data = self.data
         else:
             data = f"<!DOCTYPE html><html><body>{self.html}</body></html>\n".encode()
-        tmp = _temporary_beside(path)
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return path
+        return _atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _video_html(data: bytes, width: int) -> str:
@@ -252,6 +245,19 @@ def _temporary_beside(path: Path) -> Path:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def _atomically(path: Path, fill) -> Path:
+    """`fill(tmp)` writes a temporary file beside `path`, which then replaces `path`; on any
+    error the temporary file is removed and `path` is left as it was."""
+    tmp = _temporary_beside(path)
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def write(path: str | Path, frames, fps: float, crf: int = 20) -> Path:
     """Encode RGB frames `(height, width, 3)` (any iterable) to `path`: `.mp4` (libx264,
     yuv420p, odd sizes padded to even) or `.gif`.
@@ -261,17 +267,9 @@ def write(path: str | Path, frames, fps: float, crf: int = 20) -> Path:
     the temporary file is removed if encoding fails. Returns the path.
     """
     path = _check_path(path)
-    tmp = _temporary_beside(path)
-    try:
-        if path.suffix == ".mp4":
-            _write_mp4(tmp, frames, fps, crf)
-        else:
-            _write_gif(tmp, frames, fps)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    if path.suffix == ".mp4":
+        return _atomically(path, lambda tmp: _write_mp4(tmp, frames, fps, crf))
+    return _atomically(path, lambda tmp: _write_gif(tmp, frames, fps))
 
 
 def _animation(
