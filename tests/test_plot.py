@@ -14,10 +14,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from particles.analysis import track_clusters
 
 import particles as P
 from particles import plot
+from particles.metrics import track_clusters
 
 # reading videos back spawns ffmpeg; JAX warns on any fork once it has started, but the
 # child execs at once and never runs JAX code
@@ -708,9 +708,9 @@ def saved_run(tmp_path):
         ts=jnp.asarray(ts),
         xs=jnp.asarray(xs),
         weights=jnp.full(16, 1 / 16),
-        num_steps=jnp.asarray(10),
-        num_accepted=jnp.asarray(10),
-        num_rejected=jnp.asarray(0),
+        stats=P.Stats(
+            num_steps=jnp.asarray(10), num_accepted=jnp.asarray(10), num_rejected=jnp.asarray(0)
+        ),
         result=diffrax.RESULTS.successful,
     )
     directory = tmp_path / "run"

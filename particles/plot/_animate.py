@@ -363,7 +363,7 @@ def animate(
             titled in words (`particles.plot.metric_label`).
         colors: a colour, RGBA `(n, 4)` / `(T, n, 4)`, or values `(n,)` / `(T, n)` mapped
             through `cmap`; a list of these with one per trajectory.
-        clusters: integer labels `(T, n)` (from `particles.analysis.track_clusters`) or
+        clusters: integer labels `(T, n)` (from `particles.metrics.track_clusters`) or
             `(n,)`: colour by cluster (`particles.plot.cluster_colors`): a cluster keeps its
             colour in every frame, and clusters alive at the same time differ.
         singletons: with `clusters`, the colour of tokens alone in their cluster (e.g.

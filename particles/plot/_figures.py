@@ -293,7 +293,7 @@ def cluster_colors(labels, palette: str = "tab10", singletons=None) -> np.ndarra
     distinct colours.
 
     `labels (n,)`: clusters ranked by size, largest first, so a cluster's colour does not
-    depend on its label value. `labels (T, n)` (from `particles.analysis.track_clusters`):
+    depend on its label value. `labels (T, n)` (from `particles.metrics.track_clusters`):
     one colour per label for the whole trajectory, so a cluster keeps its colour from frame
     to frame; the clusters of the last frame take the first colours, largest first, and a
     colour passes to another cluster only after its cluster is gone (merged away). When
