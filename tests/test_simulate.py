@@ -1,4 +1,4 @@
-"""Flows and their integration: DESIGN.md section 2 facts 2 and 3, invariants, errors."""
+"""Flows and their integration: closed forms (docs/theory.md#5-clustering), invariants, errors."""
 
 import diffrax
 import equinox as eqx
