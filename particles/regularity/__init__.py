@@ -27,7 +27,7 @@ them.
 Attention*, 2020): on a compact set, $\mu \mapsto v[\mu]$ is Lipschitz from $W_1$ to the
 sup norm, so two solutions of the flow separate at most like
 $W_1(\mu_t, \nu_t) \le e^{L t} W_1(\mu_0, \nu_0)$. Exact $W_1$ between weighted clouds
-comes from POT (`ot.emd2`, Euclidean cost), imported when first used.
+comes from `particles.wasserstein.wasserstein(..., p=1)`.
 """
 
 from ._adversarial import CloudSearch as CloudSearch
@@ -52,7 +52,6 @@ from ._misspecified import MISSPECIFICATIONS as MISSPECIFICATIONS
 from ._misspecified import field_gap as field_gap
 from ._misspecified import misspecify as misspecify
 from ._misspecified import separation_rate as separation_rate
-from ._misspecified import wasserstein as wasserstein
 
 __all__ = [
     "CloudSearch",
@@ -76,6 +75,5 @@ __all__ = [
     "softmax_bound",
     "unnormalized_bound",
     "velocity_map",
-    "wasserstein",
     "worst_cloud",
 ]

@@ -20,7 +20,7 @@ from ._jacobian import Model, _prepare, _unit
 def _leader_direction(attention: Attention):
     """Unit eigenvector $u$ of the symmetric part of $Q^\\top K$ of largest $|\\lambda|$,
     and $\\lambda = \\langle Q u, K u\\rangle$."""
-    M = attention.Q.T @ attention.K
+    M = attention.Q[0].T @ attention.K[0]
     vals, vecs = jnp.linalg.eigh((M + M.T) / 2)
     i = jnp.argmax(jnp.abs(vals))
     return vecs[:, i], vals[i]
