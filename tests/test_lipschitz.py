@@ -500,3 +500,70 @@ def test_our_bounds_never_exceed_the_papers(key):
             assert np.all(ours <= np.asarray(R.castin_bound(dot, ns, radius)))
         l2 = P.Attention(Q, Q, V, beta, kernel=P.L2())
         assert np.all(np.asarray(R.l2_bound(l2, ns)) <= np.asarray(R.kim_bound(l2, ns)))
+
+
+# ---------------------------------------------------------------------------------------
+# The adversarial cloud: the logit gap it realises, for both signs of lambda
+# ---------------------------------------------------------------------------------------
+
+
+def _follower_gap(attention, x):
+    """Logit of follower 1 towards the leader 0 minus its logit towards itself."""
+    s = attention.beta * (x @ attention.Q[0].T) @ (x @ attention.K[0].T).T
+    return float(s[1, 0] - s[1, 1])
+
+
+def _best_gap(n):
+    """The gap maximising p (1 + (1 - p) gap), p = 1 / (1 + (n - 1) e^-gap), by scipy."""
+    from scipy.optimize import minimize_scalar
+
+    def minus(g):
+        p = 1 / (1 + (n - 1) * math.exp(-g))
+        return -p * (1 + (1 - p) * g)
+
+    return minimize_scalar(minus, bounds=(1e-9, 50.0), method="bounded", options={"xatol": 1e-10}).x
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_adversarial_cloud_realises_the_gap_it_claims(x64, sign):
+    # Q = I, K = sign I, beta = 1, R = 5: lambda = sign. Followers at s u: gap
+    # beta lambda s (R - s); for lambda > 0, s = o R gives 25 o (1 - o) <= 6.25, for
+    # lambda < 0, s = -o R gives 25 o (1 + o) <= 50. On the pre-fix code the negative case
+    # realised 18.75 at o = 1/2 (against a claimed maximum of 6.25) and 5.675 with the
+    # default offset (against the 3.857 it targets).
+    attention = P.Attention(jnp.eye(3), sign * jnp.eye(3), jnp.eye(3), 1.0)
+    for o in (0.25, 0.5, 0.8):
+        x = R.adversarial_cloud(attention, 16, 5.0, offset=o)
+        expected = 25 * o * (1 - o) if sign > 0 else 25 * o * (1 + o)
+        assert _follower_gap(attention, x) == pytest.approx(expected, rel=1e-12)
+        assert float(x[1, 0]) == pytest.approx(sign * o * 5.0, rel=1e-12)
+    for n in (2, 8, 16, 32, 128):
+        x = R.adversarial_cloud(attention, n, 5.0)
+        target = _best_gap(n)
+        # a maximiser is located to about sqrt(eps): 1e-6 relative
+        assert _follower_gap(attention, x) == pytest.approx(target, rel=1e-6), n
+    # n = 16: the gap is 3.857; positive and negative cases aim at the same gap
+    x = R.adversarial_cloud(attention, 16, 5.0)
+    assert _follower_gap(attention, x) == pytest.approx(3.8568, abs=1e-4)
+
+
+def test_adversarial_cloud_negative_eigenvalue_matches_its_mirror(x64):
+    # K = -I against K = I (same |lambda|, same beta, R, n): with the default offset both
+    # followers' rows put the same weight p on the leader, and moving the leader by u moves
+    # each follower's output by p (1 + (1 - p) gap) u exactly (see adversarial_cloud), so
+    # the leader's column of DF has the same norm sqrt(n - 1) p (1 + (1 - p) gap) (+ its own
+    # row) in both cases.
+    n = 16
+    positive = P.Attention(jnp.eye(3), jnp.eye(3), jnp.eye(3), 1.0)
+    negative = P.Attention(jnp.eye(3), -jnp.eye(3), jnp.eye(3), 1.0)
+    xp = R.adversarial_cloud(positive, n, 5.0)
+    xn = R.adversarial_cloud(negative, n, 5.0)
+    gap = _follower_gap(positive, xp)
+    assert _follower_gap(negative, xn) == pytest.approx(gap, rel=1e-12)
+    p = 1 / (1 + (n - 1) * math.exp(-gap))
+    for attention, x in ((positive, xp), (negative, xn)):
+        A = attention.matrix(x)[0]
+        np.testing.assert_allclose(np.asarray(A[1:, 0]), p, rtol=1e-12)
+        J = np.asarray(R.jacobian(attention, x)).reshape(n, 3, n, 3)
+        # response of follower i to the leader moving along u = e1
+        np.testing.assert_allclose(J[1:, 0, 0, 0], p * (1 + (1 - p) * gap), rtol=1e-10)

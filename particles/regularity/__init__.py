@@ -32,6 +32,7 @@ comes from `particles.wasserstein.wasserstein(..., p=1)`.
 
 from ._adversarial import CloudSearch as CloudSearch
 from ._adversarial import adversarial_cloud as adversarial_cloud
+from ._adversarial import best_gap as best_gap
 from ._adversarial import worst_cloud as worst_cloud
 from ._bounds import castin_bound as castin_bound
 from ._bounds import growth_rate_bound as growth_rate_bound
@@ -44,6 +45,7 @@ from ._bounds import softmax_bound as softmax_bound
 from ._bounds import unnormalized_bound as unnormalized_bound
 from ._jacobian import METHODS as METHODS
 from ._jacobian import LipschitzEstimate as LipschitzEstimate
+from ._jacobian import Model as Model
 from ._jacobian import jacobian as jacobian
 from ._jacobian import lipschitz as lipschitz
 from ._jacobian import lipschitz_dense as lipschitz_dense
@@ -58,7 +60,9 @@ __all__ = [
     "LipschitzEstimate",
     "METHODS",
     "MISSPECIFICATIONS",
+    "Model",
     "adversarial_cloud",
+    "best_gap",
     "castin_bound",
     "field_gap",
     "growth_rate_bound",
