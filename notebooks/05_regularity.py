@@ -171,7 +171,7 @@ distances = {}
 for kind, (y0, w) in inputs.items():
     ys = P.simulate(flow, y0, ts, weights=w).xs
     distances[kind] = np.asarray(
-        jax.vmap(lambda a, b, w=w: W.wasserstein(a, b, uniform, w))(clean, ys)
+        jax.vmap(lambda a, b, w=w: W.wasserstein(a, b, uniform, w, p=1))(clean, ys)
     )
 rate = float(R.growth_rate_bound(flow))
 for kind, dist in distances.items():
@@ -190,5 +190,5 @@ gaps, w1s = {}, {}
 for kind, amounts in {"noise": [0.01, 0.05, 0.2], "drop": [0.1, 0.3, 0.5]}.items():
     pairs = [R.misspecify(jax.random.key(7), x0, kind, a, space=P.Sphere()) for a in amounts]
     gaps[kind] = [float(R.field_gap(flow, x0, y, None, w)) for y, w in pairs]
-    w1s[kind] = [float(W.wasserstein(x0, y, None, w)) for y, w in pairs]
+    w1s[kind] = [float(W.wasserstein(x0, y, None, w, p=1)) for y, w in pairs]
 fig = plot.field_vs_wasserstein(w1s, gaps, slope=float(R.measure_lipschitz_bound(flow)))
