@@ -72,7 +72,9 @@ class Config:
         if not self.duplicate <= 1:
             raise ValueError(f"duplicate must be <= 1; got {self.duplicate}")
         if self.solver not in options.SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}")
+            raise ValueError(
+                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
+            )
 
 
 def _inputs(config: Config, key, amounts: dict):
