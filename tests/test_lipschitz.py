@@ -373,6 +373,19 @@ def test_bad_inputs_raise_clear_errors(key):
         R.lipschitz_bound(P.Attention.identity(3, normalization=P.Sinkhorn()), 4, 1.0)
     with pytest.raises(NotImplementedError, match="none is implemented for Unnormalized"):
         R.kim_bound(P.Attention.identity(3, kernel=P.L2(), normalization=P.Unnormalized()), 4)
+    l2_usa = P.Attention.identity(3, kernel=P.L2(), normalization=P.Unnormalized())
+    with pytest.raises(
+        NotImplementedError,
+        match="lipschitz_bound for the L2 kernel is known for Softmax; none is implemented for "
+        "Unnormalized",
+    ):
+        R.lipschitz_bound(l2_usa, 4)
+    with pytest.raises(NotImplementedError, match="none is implemented for Unnormalized"):
+        R.growth_rate_bound(l2_usa, 1.0)
+    with pytest.raises(NotImplementedError, match="a flow with a FeedForward term"):
+        R.lipschitz_bound(
+            P.AttentionFlow(attention, feedforward=P.FeedForward.random(key, 3, 4)), 4, 1.0
+        )
     with pytest.raises(ValueError, match="radius is required"):
         R.lipschitz_bound(attention, 4)
     with pytest.raises(ValueError, match="radius is required"):

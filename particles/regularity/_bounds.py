@@ -112,7 +112,7 @@ def softmax_bound(attention: Attention, n, radius) -> Float[Array, "..."]:
     (triangle inequality). $\square$
 
     Args:
-        attention: dot-product softmax `Attention` or `Attention` (causal or not).
+        attention: a dot-product softmax `Attention` (any number of heads, causal or not).
         n: number of tokens (scalar or array: the bound is evaluated elementwise).
         radius: radius $R$ of the ball containing the cloud.
     """
@@ -208,7 +208,7 @@ def l2_bound(attention: Attention, n) -> Float[Array, "..."]:
     \le 2\sqrt{W(n-1)/e}\,\|\delta Y\|$. $\square$
 
     Args:
-        attention: L2 softmax `Attention` or `Attention`.
+        attention: an L2 softmax `Attention` (any number of heads).
         n: number of tokens (scalar or array).
     """
     _check_attention(attention, (L2,), (Softmax,), "l2_bound")
@@ -240,7 +240,7 @@ def castin_bound(attention: Attention, n, radius) -> Float[Array, "..."]:
     causal masks and never exceeds this formula, so the formula holds there too.
 
     Args:
-        attention: dot-product softmax `Attention` or `Attention` (causal or not).
+        attention: a dot-product softmax `Attention` (any number of heads, causal or not).
         n: number of tokens (scalar or array: the bound is evaluated elementwise).
         radius: radius $R$ of the ball containing the cloud.
     """
@@ -289,7 +289,7 @@ def kim_bound(attention: Attention, n) -> Float[Array, "..."]:
     `l2_bound` (proof in its docstring, also valid for causal masks) never exceeds this.
 
     Args:
-        attention: L2 softmax `Attention` or `Attention`.
+        attention: an L2 softmax `Attention` (any number of heads).
         n: number of tokens (scalar or array).
     """
     _check_attention(attention, (L2,), (Softmax,), "kim_bound")
@@ -325,11 +325,13 @@ def lipschitz_bound(
     """
     if isinstance(model, AttentionFlow):
         if model.feedforward is not None:
-            raise ValueError("no bound is implemented for a flow with a feed-forward term")
+            raise NotImplementedError("no bound is implemented for a flow with a FeedForward term")
         attention = model.attention
         sphere = isinstance(model.space, Sphere)
         if not isinstance(model.space, (Sphere, Euclidean)):
-            raise ValueError(f"no bound for the space {type(model.space).__name__}")
+            raise NotImplementedError(
+                f"no bound is implemented for the space {type(model.space).__name__}"
+            )
     else:
         attention, sphere = model, False
     _check_attention(attention, (DotProduct, L2), (Softmax, Unnormalized), "lipschitz_bound")
@@ -339,7 +341,10 @@ def lipschitz_bound(
         radius = 1.0
     if isinstance(attention.kernel, L2):
         if not isinstance(attention.normalization, Softmax):
-            raise ValueError("no bound is implemented for unnormalized L2 attention")
+            raise NotImplementedError(
+                "lipschitz_bound for the L2 kernel is known for Softmax; none is implemented "
+                f"for {type(attention.normalization).__name__}"
+            )
         bound = l2_bound(attention, n)
         speed = sum(_norm2(V) for _, _, V in _heads(attention))
     else:
@@ -380,7 +385,7 @@ def _head_constants(attention, Q, K, V, radius):
 def _constants(model, radius):
     if isinstance(model, AttentionFlow):
         if model.feedforward is not None:
-            raise ValueError("no bound is implemented for a flow with a feed-forward term")
+            raise NotImplementedError("no bound is implemented for a flow with a FeedForward term")
         attention, sphere = model.attention, isinstance(model.space, Sphere)
     else:
         attention, sphere = model, False
@@ -390,7 +395,10 @@ def _constants(model, radius):
             "causal attention is not a function of the measure alone: no Wasserstein bound"
         )
     if isinstance(attention.kernel, L2) and not isinstance(attention.normalization, Softmax):
-        raise ValueError("no Wasserstein bound is implemented for unnormalized L2 attention")
+        raise NotImplementedError(
+            "the Wasserstein bounds for the L2 kernel are known for Softmax; none is "
+            f"implemented for {type(attention.normalization).__name__}"
+        )
     if sphere:
         if radius is not None and is_concrete(radius) and float(radius) != 1:
             raise ValueError(f"radius must be None or 1 on the sphere; got {radius}")
