@@ -792,3 +792,19 @@ def test_growth_rate_bound_is_attained_by_two_diracs(x64):
     L = float(R.growth_rate_bound(attention, math.e))
     assert L == pytest.approx(c + math.exp(2 * c) * (1 + 2 * c), rel=1e-12)
     assert L < 1 + 1e-6
+
+
+def test_best_gap_solves_its_equation_and_p_stays_well_above_one_half(x64):
+    # The maximiser of p (1 + (1 - p) gap) solves (2p - 1) gap = 2, so p* = 1/2 + 1/gap:
+    # measured p* = 0.917, 0.800, 0.727, 0.679 at n = 2, 8, 32, 128 (not ~1/2, as once
+    # claimed), with gaps 2.399, 3.333, 4.412, 5.593 (not ~log(n - 1) = 0, 1.95, 3.43, 4.84).
+    ns = [2, 8, 32, 128]
+    gaps = np.array([float(R.best_gap(n)) for n in ns])
+    ps = 1 / (1 + (np.array(ns) - 1) * np.exp(-gaps))
+    np.testing.assert_allclose(ps, 0.5 + 1 / gaps, rtol=1e-12)
+    np.testing.assert_allclose(ps, [0.9168, 0.8001, 0.7267, 0.6788], atol=1e-4)
+    np.testing.assert_allclose(gaps, [2.3994, 3.3326, 4.4118, 5.5925], atol=1e-4)
+    # capped by the ball: Q = K = V = I, R = 1, beta = 1 allows gaps up to 1/4
+    assert float(R.best_gap(16, 0.25)) == 0.25
+    x = R.adversarial_cloud(P.Attention.identity(3, 1.0), 16, 1.0)
+    assert float(jnp.linalg.norm(x[1])) == pytest.approx(0.5, rel=1e-12)  # offset 1/2

@@ -16,12 +16,20 @@ Constant of Self-Attention*, ICML 2021) show that dot-product attention is not g
 Lipschitz while L2 attention with tied keys $K = Q$ is, with an explicit bound that grows with
 $n$.
 
-**Bounds.** `castin_bound` (Castin et al., Theorem 3.3) and `kim_bound` (Kim et al.,
-Theorem 3.2) implement the papers' formulas, written in this package's notation.
-`softmax_bound`, `l2_bound`, `unnormalized_bound` and the sphere and Wasserstein constants are
-our own derivations (each proof is in its docstring); the first two are sharper than, and
-never exceed, the papers' bounds. The tests check that every measured constant stays below
-them.
+**Bounds.** `castin_bound` (Castin et al., Theorem 3.3) implements the paper's formula in
+this package's notation; `kim_bound` (Kim et al., Theorem 3.2) carries $\|W^{Q,h}\|^2$ per
+head, the power forced by one token (its docstring says what of the published statement we
+could check). `softmax_bound`, `l2_bound`, `unnormalized_bound` and the sphere and
+Wasserstein constants are our own derivations (each proof is in its docstring); the first
+two are sharper than, and never exceed, the papers' bounds. Each bound dispatches on the
+kernel and normalization types and raises `NotImplementedError` naming the type where no
+closed form is implemented. The tests check each bound on configurations whose constant is
+known in closed form: attained (all weight on one token, coincident USA tokens, one L2 token,
+two Diracs) or at an exact ratio.
+
+**Adversarial clouds.** `adversarial_cloud` places one leader and $n - 1$ followers along
+the dominant eigenvector of $\mathrm{sym}(Q^\top K)$ (for either sign of its eigenvalue),
+with the logit gap `best_gap`; `worst_cloud` searches by projected gradient ascent.
 
 **Wasserstein regularity** (Vuckovic, Baratin, Tachet des Combes, *A Mathematical Theory of
 Attention*, 2020): on a compact set, $\mu \mapsto v[\mu]$ is Lipschitz from $W_1$ to the
