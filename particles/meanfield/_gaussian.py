@@ -217,8 +217,8 @@ def _blowing_up(t, y, args, **kwargs):
     With $\tau = 1/\text{rate}$ the time left on the Riccati trend and $t_* = t + \tau$, both
     terms are positive exactly when $\tau < \delta\,(t_* - t_0)$ (the blow-up is closer than
     the resolution $\delta$ of the time elapsed since $t_0$: the covariance has grown by about
-    $1/\delta$ along that trend) and $t_* < t_1$. Exponential growth at rate $r$ has
-    $\tau = 1/(2r)$ for ever and never meets the first condition in practice; a covariance at
+    $1/\delta$ along that trend) and $t_* < t_1$. Growth like $e^{rt}$ has $\tau = 1/r$ for
+    ever and meets the first condition only after $t - t_0 \approx 1/(\delta r)$; a covariance at
     rest or shrinking has rate $\le 0$ and meets neither. Written without dividing by the
     rate, so the function is continuous for the root finder.
     """

@@ -103,20 +103,21 @@ def propagation_of_chaos(
     For each $n$ in `ns`, `seeds` independent clouds are simulated at once (`vmap`), and at each
     saved time the study records the moment errors against the closed form (`moment_errors`),
     the coupling distance to the exact mean-field characteristics from the same initial points
-    (the synchronous coupling of Sznitman's argument), and at the final time the sliced $W_2$ to an
-    independent reference sample of $N(m(t), S(t))$ of size `reference` and, for
+    (the synchronous coupling of Sznitman's argument), and at the final time the sliced $W_2$ to
+    an independent reference sample of $N(m(t), S(t))$ of size `reference` and, for
     $n \le$ `exact_max_n`, the exact $W_2$ (POT's network simplex, `wasserstein.w2`) to its
     first `exact_reference` points. The exact distance includes the reference's own sampling
     error, so keep `exact_max_n` a few times below `exact_reference`. Fit rates with
-    `fit_power_law(ns, study.rms("mean_error")[:, -1])`: about $-1/2$ (Vuckovic et al. 2020).
+    `fit_power_law(ns, study.rms("mean_error")[:, -1])`: about $-1/2$, as measured.
 
     **The rate is empirical.** Sznitman's coupling argument (Sznitman 1991) proves
     $\mathbb{E}|x_i(t) - X_t(x_i(0))| = O(n^{-1/2})$ on finite time intervals for a globally
     Lipschitz, bounded interaction, or for compactly supported data where a local Lipschitz
     constant serves. A Gaussian law under the exponential kernel $e^{\beta\langle Qx, Ky
     \rangle}$ satisfies neither (unbounded support; an unbounded kernel and a field that is
-    only locally Lipschitz), so the $n^{-1/2}$ decay this study reports is a measurement in
-    this setting, not a consequence of the theorem; at $t = 0$ it is the central-limit rate of
+    only locally Lipschitz), and under the L2 kernel the support is still unbounded, so the
+    $n^{-1/2}$ decay this study reports is a measurement in this setting, not a consequence
+    of the theorem; at $t = 0$ it is the central-limit rate of
     the sample moments (`docs/theory.md`, section 4.5).
 
     Args:
