@@ -100,8 +100,6 @@ def _show(value) -> str:
 def check_supported(value, types: tuple[type, ...], name: str, what: str):
     """Raise `NotImplementedError` unless `value` is an instance of one of `types`: a closed
     form `what` exists only for those. A non-module value (a string, say) is a `TypeError`."""
-    import equinox as eqx
-
     if not isinstance(value, eqx.Module):
         raise TypeError(f"{name} must be an object such as {types[0].__name__}(); got {value!r}")
     if not isinstance(value, types):

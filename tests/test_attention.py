@@ -310,3 +310,20 @@ def test_value_checks_survive_jit():
     attn = P.Attention.identity(3)
     with pytest.raises(Exception, match="weights must sum to 1"):
         eqx.filter_jit(attn)(jnp.ones((4, 3)), jnp.ones(4))
+
+
+class _Skew(P.AbstractKernel):
+    """An asymmetric logit s(q, k) = beta q_0 k_1: s(q, k) != s(k, q)."""
+
+    def log_kernel(self, beta, q, k):
+        return beta * q[0] * k[1]
+
+
+def test_sinkhorn_plan_has_both_marginals_for_an_asymmetric_kernel(key, x64):
+    # the column update must reduce s(q_i, k_j) over i, not s(k_j, q_i)
+    k1, k2 = jax.random.split(key)
+    x, w = _cloud(k1, 9), _weights(k2, 9)
+    attn = P.Attention.identity(3, 1.5, kernel=_Skew(), normalization=P.Sinkhorn(400))
+    plan = w[:, None] * attn.matrix(x, w)[0]
+    np.testing.assert_allclose(plan.sum(axis=1), w, rtol=1e-12)
+    np.testing.assert_allclose(plan.sum(axis=0), w, rtol=1e-9)

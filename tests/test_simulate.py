@@ -1,4 +1,4 @@
-"""Flows and their integration: DESIGN.md section 2 facts 2 and 3, invariants, errors."""
+"""Flows and their integration: closed forms (docs/theory.md#5-clustering), invariants, errors."""
 
 import diffrax
 import equinox as eqx
@@ -283,3 +283,34 @@ def test_a_nan_trial_step_is_rejected_not_raised(key):
     traj = P.simulate(flow, x0, jnp.array([0.0, 2.0]), dt0=5.0)
     assert bool(traj.succeeded) and int(traj.stats.num_rejected) > 0
     assert bool(jnp.all(jnp.isfinite(traj.xs)))
+
+
+def test_progress_bar_counts_simulated_time(key, capsys):
+    flow = P.AttentionFlow(P.Attention.identity(3, 1.0), P.Sphere())
+    x0 = P.clouds.sphere_uniform(key, 8, 3)
+    P.simulate(flow, x0, jnp.linspace(0.0, 2.5, 3), progress=True)
+    err = capsys.readouterr().err
+    assert "t = 2.5 of 2.5" in err
+    assert "%" not in err and "/s" not in err
+
+
+def test_stepsize_controller_object_is_used(key):
+    flow = P.AttentionFlow(P.Attention.identity(3, 1.0), P.Sphere())
+    x0 = P.clouds.sphere_uniform(key, 8, 3)
+    ts = jnp.linspace(0.0, 1.0, 3)
+    fixed = P.simulate(
+        flow,
+        x0,
+        ts,
+        solver=diffrax.Heun(),
+        stepsize_controller=diffrax.ConstantStepSize(),
+        dt0=0.05,
+    )
+    assert int(fixed.num_steps) == 20
+    loose = P.simulate(
+        flow, x0, ts, stepsize_controller=diffrax.PIDController(rtol=1e-2, atol=1e-2)
+    )
+    tight = P.simulate(
+        flow, x0, ts, stepsize_controller=diffrax.PIDController(rtol=1e-9, atol=1e-9)
+    )
+    assert int(loose.num_steps) < int(tight.num_steps)

@@ -84,6 +84,19 @@ class Unnormalized(AbstractNormalization):
         )
 
 
+class _Transposed(AbstractKernel):
+    """The kernel with its arguments swapped, $s'(a, b) = s(b, a)$: the column update of
+    Sinkhorn reduces over queries for each key."""
+
+    kernel: AbstractKernel
+
+    def log_kernel(self, beta, q, k):
+        return self.kernel.log_kernel(beta, k, q)
+
+    def logits(self, beta, qf, kf):
+        return self.kernel.logits(beta, kf, qf).T
+
+
 class Sinkhorn(AbstractNormalization):
     r"""Sinkhorn attention (Sander, Ablin, Blondel, Peyré 2022, "Sinkformers"): the kernel
     matrix is scaled to a transport plan $\pi_{ij} = w_i w_j e^{f_i + g_j} k_{ij}$ with both
@@ -105,11 +118,14 @@ class Sinkhorn(AbstractNormalization):
 
     def rows(self, kernel, beta, qf, kf, log_weights, values, *, causal, block):
         logw = log_weights
+        # the column update reduces s_ij over i for each j: the kernel with swapped arguments
+        columns = _Transposed(kernel)
 
-        # Query and key roles swap for the column update.
         def step(g, _):
             f = -reduce_rows("lse", kernel, beta, qf, kf, g + logw, None, causal=False, block=block)
-            g = -reduce_rows("lse", kernel, beta, kf, qf, f + logw, None, causal=False, block=block)
+            g = -reduce_rows(
+                "lse", columns, beta, kf, qf, f + logw, None, causal=False, block=block
+            )
             return g, None
 
         g, _ = jax.lax.scan(step, jax.numpy.zeros_like(logw), None, length=self.iters)
