@@ -199,7 +199,7 @@ def _sliced(key, x, y, wx, wy, projections):
 
 def _sqrtm_psd(a):
     vals, vecs = jnp.linalg.eigh((a + a.T) / 2)
-    return (vecs * jnp.sqrt(jnp.maximum(vals, 0))) @ vecs.T
+    return (vecs * jnp.sqrt(jnp.maximum(vals, 0))[None, :]) @ vecs.T
 
 
 def gaussian_w2(

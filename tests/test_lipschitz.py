@@ -228,7 +228,7 @@ def test_worst_cloud_on_the_sphere_stays_on_it_and_below_the_bound(key):
 def test_wasserstein_matches_closed_forms(key):
     x = P.clouds.ball_uniform(key, 20, 3, 1.0)
     shift = jnp.array([0.3, -0.4, 0.0])
-    assert float(W.wasserstein(x, x + shift, p=1)) == pytest.approx(0.5, rel=1e-6)
+    assert float(W.wasserstein(x, x + shift[None, :], p=1)) == pytest.approx(0.5, rel=1e-6)
     assert float(W.wasserstein(x, x, p=1)) == pytest.approx(0.0, abs=1e-7)
     # two Diracs of masses (1/2, 1/2) against (1/4, 3/4) at distance 2: move 1/4 by 2
     a, b = jnp.array([[0.0, 0.0]]), jnp.array([[2.0, 0.0]])

@@ -97,7 +97,7 @@ def test_empirical_field_of_a_gaussian_sample_is_the_affine_field(make, key):
     attention = make()
     B, c = mf.affine_field(attention, M0, S0)
     queries = jnp.array([[0.0, 0.0], [0.8, -0.3], [0.2, 0.6]])
-    exact = np.asarray(queries @ B.T + c)
+    exact = np.asarray(queries @ B.T + c[None, :])
     seeds, n = 32, 8192
 
     def estimate(k):

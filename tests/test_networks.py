@@ -30,7 +30,7 @@ def _draw(key, pieces):
 
 
 @functools.cache
-def _cached_parts(seed, pieces):
+def _cached_parts(seed, pieces, x64):
     return _draw(jax.random.key(seed), pieces)
 
 

@@ -183,7 +183,7 @@ def test_feedforward_adds_to_velocity(key):
     x = jax.random.normal(k3, (7, 3))
     flow = P.AttentionFlow(attn, P.Euclidean(), ff)
     np.testing.assert_allclose(flow(0.0, x, None), attn(x) + ff(x), rtol=1e-6)
-    np.testing.assert_allclose(ff(x), jax.nn.relu(x @ ff.W1.T + ff.b) @ ff.W2.T, rtol=1e-6)
+    np.testing.assert_allclose(ff(x), jax.nn.relu(x @ ff.W1.T + ff.b[None, :]) @ ff.W2.T, rtol=1e-6)
 
 
 def test_layered_weights_are_piecewise_constant(key):

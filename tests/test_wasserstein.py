@@ -41,8 +41,8 @@ def test_w2_of_a_translation_is_the_shift(key):
     # W2(mu, mu + a) = |a|: the translation is an optimal map (gradient of a convex function)
     x = jax.random.normal(key, (100, 2))
     shift = jnp.array([0.3, -0.4])
-    assert abs(float(W.w2(x, x + shift)) - 0.5) < 1e-10
-    assert abs(float(W.wasserstein(x, x + shift, p=1)) - 0.5) < 1e-10
+    assert abs(float(W.w2(x, x + shift[None, :])) - 0.5) < 1e-10
+    assert abs(float(W.wasserstein(x, x + shift[None, :], p=1)) - 0.5) < 1e-10
 
 
 def test_wasserstein_keeps_its_digits_for_nearby_clouds(key):
@@ -54,10 +54,10 @@ def test_wasserstein_keeps_its_digits_for_nearby_clouds(key):
     x = jax.random.normal(key, (50, 3))
     shift = 1e-6 * jnp.array([0.3, -0.4, 0.12])
     exact = float(jnp.linalg.norm(shift))
-    assert float(W.wasserstein(x, x + shift)) == pytest.approx(exact, rel=1e-8)
-    assert float(W.wasserstein(x, x + shift, p=1)) == pytest.approx(exact, rel=1e-8)
+    assert float(W.wasserstein(x, x + shift[None, :])) == pytest.approx(exact, rel=1e-8)
+    assert float(W.wasserstein(x, x + shift[None, :], p=1)) == pytest.approx(exact, rel=1e-8)
     a = np.full(50, 1 / 50)
-    expanded = ot.dist(np.asarray(x), np.asarray(x + shift))  # squared Euclidean, expanded
+    expanded = ot.dist(np.asarray(x), np.asarray(x + shift[None, :]))  # squared Euclidean, expanded
     old = math.sqrt(max(ot.emd2(a, a, expanded), 0.0))
     assert abs(old / exact - 1) > 1e-6
 

@@ -239,7 +239,9 @@ class Attention(AbstractAttention):
         )
 
     def _evaluate(self, queries, context, weights, causal):
-        logw = log_weights(weights, context.shape[0], queries.dtype)
+        # the dtype the logits come out in (float32 tokens against float64 Q give float64)
+        dtype = jnp.result_type(queries, self.Q, self.beta)
+        logw = log_weights(weights, context.shape[0], dtype)
         if self.heads == 1:
             values = context @ self.V[0].T
             return self._head_rows(self.Q[0], self.K[0], queries, context, logw, values, causal)
@@ -273,6 +275,6 @@ class Attention(AbstractAttention):
         weights = check_weights(weights, x.shape[0])
         # the matrix is the operator applied to one-hot values e_j = row j of I
         eye = jnp.eye(x.shape[0], dtype=x.dtype)
-        logw = log_weights(weights, x.shape[0], x.dtype)
+        logw = log_weights(weights, x.shape[0], jnp.result_type(x, self.Q, self.beta))
         one = lambda Q, K: self._head_rows(Q, K, x, x, logw, eye, self.causal)  # noqa: E731
         return jax.vmap(one)(self.Q, self.K)

@@ -168,7 +168,7 @@ class GaussianSolution(AbstractSolution):
         """
         x0 = check_cloud(x0, "x0")
         return self.means[:, None, :] + jnp.einsum(
-            "tij,nj->tni", self.flow_maps, x0 - self.means[0]
+            "tij,nj->tni", self.flow_maps, x0 - self.means[0][None, :]
         )
 
 

@@ -40,7 +40,7 @@ def moments(
     weights = check_weights(weights, x.shape[0])
     w = _uniform(x.shape[0], x.dtype) if weights is None else weights.astype(x.dtype)
     mean = w @ x
-    centred = x - mean
+    centred = x - mean[None, :]
     return mean, (centred * w[:, None]).T @ centred
 
 
