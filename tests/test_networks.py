@@ -30,7 +30,7 @@ def _draw(key, pieces):
 
 
 @functools.cache
-def _cached_parts(seed, pieces, x64):
+def _cached_parts(seed, pieces):
     return _draw(jax.random.key(seed), pieces)
 
 
