@@ -31,6 +31,7 @@ def _draw(key, pieces):
 
 @functools.cache
 def _cached_parts(seed, pieces, x64):
+    # x64 is part of the key: the float32 tests draw their own float32 parts
     return _draw(jax.random.key(seed), pieces)
 
 

@@ -82,7 +82,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         jax.vmap(lambda x: metrics.over_time(metrics.alignment_to, x, 0))(xs)
     )
     # the first token never moves: it sees only itself, and P_x x = 0
-    drift0 = np.asarray(jnp.max(jnp.linalg.norm(xs[:, :, 0] - x0[0], axis=-1), axis=-1))
+    drift0 = np.asarray(jnp.max(jnp.linalg.norm(xs[:, :, 0] - x0[0][None, None], axis=-1), axis=-1))
     labels = _clusterkit.tracked_labels(xs, config.cluster_tol)
     final_cos = np.asarray(xs[:, -1] @ x0[0])
     _clusterkit.save(

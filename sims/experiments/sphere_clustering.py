@@ -53,8 +53,10 @@ class Config:
         require_positive(self, "n", "beta", "t1", "rtol", "atol", "cluster_tol", "fps")
         require_at_least(self, "d", 2)
         require_at_least(self, "frames", 2)
-        if self.solver not in P.SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(P.SOLVERS)}; got {self.solver!r}")
+        if self.solver not in options.SOLVERS:
+            raise ValueError(
+                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
+            )
 
 
 @experiment("sphere-clustering", Config)
