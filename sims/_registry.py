@@ -3,14 +3,19 @@
 An experiment is a typed config (a frozen dataclass whose fields are its parameters, each
 with a default and a docstring) plus a function `run(config, directory)` that writes the
 run's files into `directory`. Modules in `sims.experiments` register themselves with the
-`experiment` decorator and are discovered automatically.
+`experiment` decorator and are discovered automatically. A module may also define
+`summary(metrics) -> list[str]`, the headline numbers printed after a run (see
+`sims._summary`). The first paragraph of the config's docstring is the one-line summary
+that `python -m sims list` prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,12 @@ class Experiment:
     run: Callable[[Any, Path], None]
     summary: str
 
+    @property
+    def summarize(self) -> Callable[[dict], list[str]] | None:
+        """The module's `summary(metrics)`, if it defines one."""
+        own = getattr(sys.modules.get(self.run.__module__), "summary", None)
+        return own if callable(own) else None
+
 
 _EXPERIMENTS: dict[str, Experiment] = {}
 _DISCOVERED = False
@@ -36,8 +47,9 @@ def experiment(name: str, config: type):
         raise TypeError(f"the config of {name!r} must be a dataclass")
 
     def register(fn):
-        doc = (config.__doc__ or fn.__doc__ or "").strip().splitlines()
-        _EXPERIMENTS[name] = Experiment(name, config, fn, doc[0] if doc else "")
+        doc = (config.__doc__ or fn.__doc__ or "").strip()
+        first = " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
+        _EXPERIMENTS[name] = Experiment(name, config, fn, first)
         return fn
 
     return register
@@ -63,7 +75,9 @@ def list_experiments() -> dict[str, Experiment]:
 def get(name: str) -> Experiment:
     table = list_experiments()
     if name not in table:
-        raise KeyError(f"unknown experiment {name!r}; choose from: {', '.join(table)}")
+        close = difflib.get_close_matches(name, table, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise KeyError(f"unknown experiment {name!r}; {hint}choose from: {', '.join(table)}")
     return table[name]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -41,7 +42,15 @@ def test_cli_writes_every_file(tmp_path):
         "animation.mp4",
     }
     assert f"run directory: {out}" in proc.stdout
+    # the run ends with its headline numbers, read from metrics.json
+    summary = proc.stdout.split("sphere-clustering: results (metrics.json)\n", 1)[1]
+    assert re.search(r"^  final\.clusters +12$", summary, re.M)
+    assert re.search(r"^  solver\.name +tsit5$", summary, re.M)
+    assert re.search(r"^  wall time: [0-9.]+ s$", summary, re.M)
     config = json.loads((out / "config.json").read_text())
+    assert config["command"] == (
+        f"python -m sims run sphere-clustering {' '.join(SMALL)} --out {out}"
+    )
     assert config["experiment"] == "sphere-clustering"
     assert config["config"]["n"] == 12 and config["config"]["seed"] == 0
     assert {"jax", "diffrax", "equinox", "numpy"} <= set(config["versions"])
@@ -89,7 +98,12 @@ def test_failed_run_leaves_no_directory(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "nope"], "unknown experiment 'nope'; choose from: "),
+        (["run", "xyzzy"], "unknown experiment 'xyzzy'; choose from: causal, clustering, "),
+        (
+            ["run", "sphere-clustring"],
+            "unknown experiment 'sphere-clustring'; did you mean 'sphere-clustering'? choose",
+        ),
+        (["run", "deep_limit"], "did you mean 'deep-limit'?"),
         (["run", "sphere-clustering", "--bogus", "1"], "unknown parameter --bogus"),
         (["run", "sphere-clustering", "--n", "0"], "n must be > 0; got 0"),
         (["run", "sphere-clustering", "--n", "-3"], "n must be > 0; got -3"),
@@ -98,7 +112,13 @@ def test_failed_run_leaves_no_directory(tmp_path, monkeypatch):
         (["run", "sphere-clustering", "--n", "abc"], "--n: invalid literal for int()"),
         (["run", "sphere-clustering", "--solver", "rk4"], "solver must be one of"),
         (["run"], "run needs an experiment name"),
-        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["frobnicate"], "unknown command 'frobnicate' (see `python -m sims --help`)"),
+        (["lst"], "unknown command 'lst'; did you mean 'list'?"),
+        (["run", "sphere-clustering", "--solver", "kvaerno9"], "kvaerno3, kvaerno5; got"),
+        (["animate"], "missing RUN_DIR (see `python -m sims animate --help`)"),
+        (["plot", "x", "--fps", "3"], "unknown option --fps (see `python -m sims plot --help`)"),
+        (["animate", "x", "--trail", "-1"], "--trail: must be >= 0; got -1"),
+        (["animate", "x", "--view", "up"], "--view: expected two numbers like 20,-60; got 'up'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
@@ -126,27 +146,63 @@ def test_unwritable_directory(tmp_path, capsys):
     assert "cannot write run directory" in _error_line(capsys)
 
 
-def test_overwrite_replaces(tmp_path):
+def test_overwrite_replaces_a_run(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
-    assert (
-        main(
-            ["run", "sphere-clustering", *SMALL, "--out", str(out), "--overwrite", "--no-animation"]
-        )
-        == 0
-    )
-    assert not (out / "stale.txt").exists() and (out / "metrics.json").exists()
+    argv = ["run", "sphere-clustering", *SMALL, "--out", str(out), "--no-animation"]
+    assert main([*argv, "--seed", "1"]) == 0
+    (out / "stale.png").write_bytes(b"an old figure")  # what a run may hold
+    old = (out / "trajectory.npz").read_bytes()
+    assert main([*argv, "--seed", "2", "--overwrite"]) == 0
+    assert not (out / "stale.png").exists() and (out / "trajectory.npz").read_bytes() != old
+    assert json.loads((out / "config.json").read_text())["config"]["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing aside, no temp
 
 
-def test_list_and_help(capsys):
+def test_list_prints_every_summary_whole(capsys):
     assert main(["list"]) == 0
-    assert "sphere-clustering" in capsys.readouterr().out
-    assert main(["--help"]) == 0
-    assert "run NAME" in capsys.readouterr().out
-    assert main(["run", "sphere-clustering", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(sims.list_experiments())
+    for line, exp in zip(lines, sims.list_experiments().values(), strict=True):
+        name, summary = line.split(maxsplit=1)
+        assert name == exp.name and summary == exp.summary
+    deep = sims.get("deep-limit").summary
+    # the config's whole first paragraph, on one line (it was cut at "discretise as")
+    assert deep.startswith("Residual attention networks of depth L converge to the flow they")
+    assert deep.endswith("with fitted orders (float64).") and "\n" not in deep
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--help"], ["usage: python -m sims", "list", "run", "animate", "plot", "kvaerno5"]),
+        (["help"], ["usage: python -m sims", "COMMAND"]),
+        (["animate", "--help"], ["usage: python -m sims animate", "--fps FPS", "--resolution"]),
+        (["plot", "--help"], ["usage: python -m sims plot", "RUN_DIR", "--series A,B"]),
+        (["run", "--help"], ["--overwrite", "experiments: causal, clustering"]),
+        (
+            ["run", "sphere-clustering", "--help"],
+            ["--beta FLOAT", "inverse temperature", "(default: 9.0)", "--overwrite"],
+        ),
+        (["--version"], ["particles 0.1.0"]),
+    ],
+)
+def test_help_and_version_answer(argv, expected, capsys):
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "--beta FLOAT" in out and "inverse temperature" in out and "(default: 9.0)" in out
+    for text in expected:
+        assert text in out
+
+
+def test_help_lists_every_solver_of_the_library(capsys):
+    import particles
+
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert main(["run", "sphere-clustering", "--help"]) == 0
+    run = capsys.readouterr().out
+    line = "solvers: " + ", ".join(particles.SOLVERS)
+    assert "kvaerno3" in line and "kvaerno5" in line
+    assert line in run and ", ".join(particles.SOLVERS) in top
 
 
 def test_every_experiment_is_listed_after_importing_one(capsys):
