@@ -53,9 +53,12 @@ def _jsonable(value: Any) -> Any:
 def _atomic(path: Path) -> Iterator[Path]:
     """A temporary file beside `path`, renamed over it once the block succeeds."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent
-    )
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent
+        )
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(name)
@@ -63,6 +66,8 @@ def _atomic(path: Path) -> Iterator[Path]:
         os.umask(mask)
         os.chmod(name, 0o666 & ~mask)
         os.replace(name, path)
+    except OSError as e:  # a full disk, say: name the file meant, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)

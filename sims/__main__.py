@@ -357,6 +357,9 @@ def replay_command(command: str, opts: argparse.Namespace) -> list[Path]:
             ]
     except _replay.ReplayError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:  # writing: a read-only directory, a full disk
+        where = e.filename or opts.run_dir
+        raise UsageError(f"{where}: cannot write ({e.strerror or e})") from None
     for path in written:
         print(f"wrote {path}  ({path.stat().st_size / 1024:.1f} KiB)")
     return written

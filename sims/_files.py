@@ -73,21 +73,59 @@ def normalize_modes(root: Path) -> None:
                 os.chmod(path, files)
 
 
+def media_problem(path: Path) -> str | None:
+    """Why the figure or video at `path` is incomplete, or `None` if its structure is whole.
+
+    ffmpeg stopped by a full disk leaves an MP4 cut short, and imageio-ffmpeg does not look
+    at ffmpeg's exit status; so an MP4 must be a sequence of boxes that ends exactly at the
+    end of the file and holds `moov` (the index, written last) and `mdat`. A PNG must end
+    with its IEND chunk, a GIF with its trailer byte."""
+    data = Path(path).read_bytes()
+    if path.suffix == ".png" and not data.endswith(b"IEND\xaeB`\x82"):
+        return "the PNG is cut short"
+    if path.suffix == ".gif" and not data.endswith(b";"):
+        return "the GIF is cut short"
+    if path.suffix == ".mp4":
+        boxes, at = set(), 0
+        while at + 8 <= len(data):
+            size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+            if size == 1 and at + 16 <= len(data):  # 64-bit size
+                size = int.from_bytes(data[at + 8 : at + 16], "big")
+            elif size == 0:  # the box runs to the end of the file
+                size = len(data) - at
+            if size < 8:
+                break
+            boxes.add(kind)
+            at += size
+        if at != len(data) or not {b"moov", b"mdat"} <= boxes:
+            return "the video encoder wrote an incomplete MP4"
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a hidden temporary path beside `path` (same suffix, so writers that infer the
     format from it still work); on success it replaces `path` with mode 0644 (under umask
-    022), on any exception or interruption it is removed and `path` is left as it was."""
+    022), on any exception or interruption it is removed and `path` is left as it was.
+    A figure or video that comes out incomplete (see `media_problem`) is an `OSError`."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f"{PARTIAL_SUFFIX}{path.suffix}", dir=path.parent
-    )
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f"{PARTIAL_SUFFIX}{path.suffix}", dir=path.parent
+        )
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        problem = media_problem(tmp)
+        if problem is not None:
+            raise OSError(problem)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as e:  # name the file meant, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

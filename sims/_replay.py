@@ -11,9 +11,7 @@ so an interrupted `plot` or `animate` leaves the previous file as it was.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +72,11 @@ def load(directory: str | Path) -> SavedRun:
     directory = Path(directory)
     if not directory.is_dir():
         raise ReplayError(f"{directory}: no such run directory")
+    for name in (P.io.TRAJECTORY_FILE, "config.json", "metrics.json", "arrays.npz"):
+        path = directory / name
+        # a FIFO would block and a device (/dev/zero) never ends: read regular files only
+        if path.exists() and not path.is_file():
+            raise ReplayError(f"{path}: not a regular file")
     try:
         trajectory = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
         config = (
@@ -107,10 +110,17 @@ def load(directory: str | Path) -> SavedRun:
             f"expected (T, n, n) = {(len(ts), n, n)}"
         )
     inner = config.get("config", config)
+    if not isinstance(inner, dict):
+        raise ReplayError(f"{directory / 'config.json'}: 'config' must be an object")
+    tol = inner.get("cluster_tol")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol <= 0):
+        raise ReplayError(
+            f"{directory / 'config.json'}: cluster_tol must be a number > 0; got {tol!r}"
+        )
     return SavedRun(
         directory=directory,
         experiment=str(config.get("experiment", directory.name)),
-        config=inner if isinstance(inner, dict) else {},
+        config=inner,
         ts=ts,
         xs=xs,
         series=series,
@@ -175,15 +185,10 @@ def draw_figures(
     return out
 
 
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[Path]:
+def writing(path: Path):
     """A temporary path to write `path` through, atomically; a failed write (read-only
-    directory, full disk) raises `ReplayError` naming `path`, which is left as it was."""
-    try:
-        with _files.atomic_path(path) as tmp:
-            yield tmp
-    except OSError as e:
-        raise ReplayError(f"{path}: cannot write ({e.strerror or e})") from None
+    directory, full disk) raises `OSError` naming `path`, which is left as it was."""
+    return _files.atomic_path(path)
 
 
 def _pick(run: SavedRun, names: list[str] | None) -> dict[str, np.ndarray]:

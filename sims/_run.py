@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from particles.io import write_json
+from particles import io as particles_io
 
 from . import _files, _registry
 
@@ -218,11 +218,15 @@ def run(
             (tmp / _files.PARTIAL_MARKER).write_text(
                 "this run was interrupted before it was complete; it is safe to delete\n"
             )
-            write_json(tmp / "config.json", record)
+            particles_io.write_json(tmp / "config.json", record)
             start = time.perf_counter()
             exp.run(config, tmp, **options)
             record["wall_seconds"] = round(time.perf_counter() - start, 3)
-            write_json(tmp / "config.json", record)
+            particles_io.write_json(tmp / "config.json", record)
+            for path in sorted(tmp.iterdir()):  # figures and videos written by the experiment
+                problem = _files.media_problem(path) if path.is_file() else None
+                if problem is not None:
+                    raise OSError(None, problem, str(path))
             _files.normalize_modes(tmp)
             check_target(out, overwrite)  # the target may have changed while computing
             _put_in_place(tmp, out)
