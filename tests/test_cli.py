@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,3 +210,154 @@ def test_every_experiment_is_listed_after_importing_one(capsys):
     # this module imported sphere_clustering directly before anything asked for the list
     names = set(sims.list_experiments())
     assert {"sphere-clustering", "deep-limit", "phase-diagram", "lipschitz", "mean-field"} <= names
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Replace the experiment's computation by a failure: a refusal must come before it."""
+    exp = sims.get("sphere-clustering")
+
+    def compute(config, directory, **options):
+        raise AssertionError("the experiment ran")
+
+    monkeypatch.setitem(
+        sims._registry._EXPERIMENTS,
+        exp.name,
+        sims._registry.Experiment(exp.name, exp.config, compute, exp.summary),
+    )
+
+
+@pytest.mark.parametrize(
+    "target, what",
+    [
+        (".", "the working directory"),
+        ("..", "a parent of the working directory"),
+        ("../..", "a parent of the working directory"),
+        ("/", "the root directory"),
+        ("~", "the home directory"),
+    ],
+)
+def test_overwrite_refuses_protected_directories(
+    target, what, tmp_path, monkeypatch, capsys, no_compute
+):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    out = os.path.expanduser(target)
+    assert main(["run", "sphere-clustering", "--out", out, "--overwrite"]) == 2
+    assert _error_line(capsys) == f"sims: error: refusing to replace {out}: it is {what}"
+    assert (work / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in work.iterdir()) == ["keep.txt"]
+
+
+def _fake_run(directory, **config):
+    directory.mkdir()
+    record = {"experiment": "x", "config": {}, "created": "2026", "versions": {}, **config}
+    (directory / "config.json").write_text(json.dumps(record))
+    return directory
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (
+            lambda d: (d.mkdir(), (d / "thesis.tex").write_text("years of work")),
+            "it has no config.json, so it is not a run of sims",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text('{"name": "my project"}')),
+            "its config.json has no str field 'experiment', so it is not a run of sims",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text("[1, 2]")),
+            "its config.json is not a JSON object, so it is not a run of sims",
+        ),
+        (
+            lambda d: (d.mkdir(), (d / "config.json").write_text("{oops")),
+            "its config.json is not readable JSON, so it is not a run of sims",
+        ),
+        (
+            lambda d: _fake_run(d, versions="1.0"),
+            "its config.json has no dict field 'versions', so it is not a run of sims",
+        ),
+        (
+            lambda d: (_fake_run(d), (d / "notes.txt").write_text("my notes")),
+            "it holds 'notes.txt', which a run does not write",
+        ),
+        (
+            lambda d: (_fake_run(d), (d / "data").mkdir()),
+            "it holds 'data', which a run does not write",
+        ),
+        (lambda d: d.write_text("a file"), "it is not a directory, so it is not a run of sims"),
+        (
+            lambda d: (_fake_run(d.parent / "elsewhere"), d.symlink_to(d.parent / "elsewhere")),
+            "it is a symbolic link",
+        ),
+    ],
+)
+def test_overwrite_replaces_only_a_run_of_sims(make, problem, tmp_path, capsys, no_compute):
+    out = tmp_path / "target"
+    make(out)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["run", "sphere-clustering", "--out", str(out), "--overwrite"]) == 2
+    assert _error_line(capsys) == f"sims: error: refusing to replace {out}: {problem}"
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("mask, dirs, files", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_runs_and_redraws_get_ordinary_modes(tmp_path, mask, dirs, files):
+    old = os.umask(mask)
+    try:
+        out = tmp_path / "run"
+        assert main(["run", "sphere-clustering", *SMALL, "--fps", "4", "--out", str(out)]) == 0
+        assert main(["plot", str(out)]) == 0
+        assert main(["animate", str(out), "--quiet", "--out", str(out / "again.mp4")]) == 0
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == dirs
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == dict.fromkeys(
+        [
+            "config.json",
+            "metrics.json",
+            "trajectory.npz",
+            "figure.png",
+            "final_state.png",
+            "animation.mp4",
+            "again.mp4",
+        ],
+        files,
+    )
+
+
+def test_runs_go_to_the_checkout_runs_folder(tmp_path, monkeypatch):
+    from sims._run import runs_root
+
+    monkeypatch.delenv("PARTICLES_RUNS", raising=False)
+    checkout = tmp_path / "checkout"
+    (checkout / "sims").mkdir(parents=True)
+    (checkout / "sims" / "__init__.py").write_text("")
+    (checkout / "pyproject.toml").write_text("")
+    (checkout / "notebooks").mkdir()
+    monkeypatch.chdir(checkout / "notebooks")
+    assert runs_root() == Path("../runs")
+    monkeypatch.chdir(tmp_path)
+    assert runs_root() == Path("runs")
+    monkeypatch.setenv("PARTICLES_RUNS", str(tmp_path / "elsewhere"))
+    assert runs_root() == tmp_path / "elsewhere"
+
+
+def test_an_experiment_may_print_its_own_summary(tmp_path, monkeypatch, capsys):
+    module = sys.modules[sims.get("sphere-clustering").run.__module__]
+    monkeypatch.setattr(
+        module,
+        "summary",
+        lambda m: [f"clusters at the end: {m['final']['clusters']}"],
+        raising=False,
+    )
+    out = tmp_path / "run"
+    assert main(["run", "sphere-clustering", *SMALL, "--out", str(out), "--no-animation"]) == 0
+    text = capsys.readouterr().out
+    results = text.split("sphere-clustering: results (metrics.json)\n", 1)[1]
+    assert re.fullmatch(r"  clusters at the end: 12\n  wall time: [0-9.]+ s\n", results)
