@@ -361,3 +361,42 @@ def test_an_experiment_may_print_its_own_summary(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     results = text.split("sphere-clustering: results (metrics.json)\n", 1)[1]
     assert re.fullmatch(r"  clusters at the end: 12\n  wall time: [0-9.]+ s\n", results)
+
+
+def test_no_fork_while_jax_runs(tmp_path):
+    # a fork of a process running JAX threads can deadlock: ffmpeg (writing and reading
+    # MP4s) must be started without one
+    import imageio.v3 as iio
+    import jax
+
+    jax.numpy.zeros(1).block_until_ready()
+    forks, counting = [], [True]
+    os.register_at_fork(before=lambda: forks.append(1) if counting[0] else None)
+    try:
+        out = tmp_path / "run"
+        assert main(["run", "sphere-clustering", *SMALL, "--out", str(out)]) == 0
+        assert main(["animate", str(out), "--quiet", "--gif"]) == 0
+        assert iio.imread(out / "animation.mp4").shape[0] == 4
+    finally:
+        counting[0] = False
+    assert forks == []
+
+
+def test_runtime_dependencies_cover_the_experiments():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in project["project"]["dependencies"]}
+    # exact Wasserstein distances (mean-field, misspecified, lipschitz) need POT at run time
+    assert {"jax", "diffrax", "equinox", "pot", "tyro", "imageio-ffmpeg", "tqdm"} <= names
+    extras = project["project"]["optional-dependencies"]
+    notebooks = {re.split(r"[<>=\[ ]", d)[0].lower() for d in extras["notebooks"]}
+    assert {
+        "jupyterlab",
+        "jupytext",
+        "ipykernel",
+        "nbclient",
+        "nbconvert",
+        "ipywidgets",
+    } <= notebooks
+    assert any(d.startswith("hypothesis") for d in extras["test"])
