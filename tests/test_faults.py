@@ -610,7 +610,7 @@ def _regular_files(run: Path) -> dict[str, bytes] | None:
     return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and not p.is_symlink()}
 
 
-def test_zip_bomb_member_names_are_not_files(tmp_path, old_run, capsys):
+def test_an_npz_member_that_is_not_an_array_is_refused(tmp_path, old_run, capsys):
     # an .npz whose members are not .npy arrays at all
     run = tmp_path / "run"
     shutil.copytree(old_run, run)
