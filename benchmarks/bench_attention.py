@@ -53,9 +53,7 @@ MATMUL_SIZE = 2048
 
 
 def make_flow(beta: float) -> particles.AttentionFlow:
-    return particles.AttentionFlow(
-        particles.SelfAttention.identity(D, beta=beta), particles.Sphere()
-    )
+    return particles.AttentionFlow(particles.Attention.identity(D, beta=beta), particles.Sphere())
 
 
 def numpy_field(beta: float, block_pairs: int = 1 << 22, dtype=np.float32):
@@ -234,7 +232,7 @@ _MEMORY_PROBE = textwrap.dedent(
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
 
-    flow = particles.AttentionFlow(particles.SelfAttention.identity(3, beta=beta), particles.Sphere())
+    flow = particles.AttentionFlow(particles.Attention.identity(3, beta=beta), particles.Sphere())
     x = particles.clouds.sphere_uniform(jax.random.key(0), n, 3)
     compiled = jax.jit(lambda x: flow(0.0, x, None)).lower(x).compile()
     mem = compiled.memory_analysis()

@@ -8,7 +8,7 @@ Q = K = V = I, softmax attention, t in [0, 30], `runs` random starts for each of
 Both contenders solve the same equations from the same starts, in float32, measured in the
 same process:
 
-- particles: `particles.clustering.phase_diagram`, one vmapped adaptive Tsit5 solve over
+- particles: `particles.studies.phase_diagram`, one vmapped adaptive Tsit5 solve over
   every (beta, start), at rtol = 1e-5 and 1e-3 (atol = rtol / 10);
 - PyTorch: the approach of published research code, a batched fixed-step explicit Euler
   loop `x <- normalize(x + h P_x v(x))` over all systems at once, saving at the same times.
@@ -35,11 +35,12 @@ import os
 import platform
 import time
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from particles import clustering
+from particles import studies
 
 
 def _errors(final, ref_final):
@@ -140,11 +141,11 @@ def main(argv=None):
     # reference: float64, Dopri8 at 1e-12, on the checked starts
     jax.config.update("jax_enable_x64", True)
     start = time.perf_counter()
-    ref = clustering.phase_diagram(
-        None, jnp.asarray(betas), jnp.asarray(ts), starts=x0[:c], solver="dopri8",
+    ref = studies.phase_diagram(
+        None, jnp.asarray(betas), jnp.asarray(ts), starts=x0[:c], solver=diffrax.Dopri8(),
         rtol=1e-12, atol=1e-12,
     )  # fmt: skip
-    check = clustering.phase_diagram(
+    check = studies.phase_diagram(
         None, jnp.asarray(betas), jnp.asarray(ts), starts=x0[:c], rtol=1e-11, atol=1e-11
     )
     ref_final, ref_min = np.asarray(ref.final), np.asarray(ref.min_inner)
@@ -157,7 +158,7 @@ def main(argv=None):
 
     # particles: one vmapped adaptive solve, float32, at each tolerance (atol = rtol / 10)
     def solve(rtol):
-        pd = clustering.phase_diagram(
+        pd = studies.phase_diagram(
             None,
             jnp.asarray(betas, jnp.float32),
             jnp.asarray(ts, jnp.float32),

@@ -33,7 +33,7 @@ import numpy as np
 
 import particles as P
 import sims
-from particles import analysis, plot
+from particles import metrics, plot
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
 n, frames, t1 = (48, 16, 15.0) if SMALL else (512, 151, 30.0)
@@ -47,7 +47,7 @@ beta, d, tol = 9.0, 3, 1e-2
 
 # %%
 x0 = P.clouds.sphere_uniform(jax.random.key(0), n, d)
-flow = P.AttentionFlow(P.SelfAttention.identity(d, beta), P.Sphere())
+flow = P.AttentionFlow(P.Attention.identity(d, beta), P.Sphere())
 ts = jnp.linspace(0.0, t1, frames)
 trajectory = P.simulate(flow, x0, ts, rtol=1e-5, atol=1e-6)
 xs = np.asarray(trajectory.xs)
@@ -71,11 +71,11 @@ ax = plot.velocity_field(grid, arrows, cloud=xs[0], title="attention field of th
 # tokens still alone are grey. The energy $E_\beta$ never decreases.
 
 # %%
-clusters = np.asarray(analysis.track_clusters(xs, tol))
+clusters = np.asarray(metrics.track_clusters(xs, tol))
 series = {
-    "energy": np.asarray(analysis.over_time(analysis.interaction_energy, xs, beta)),
-    "clusters": np.asarray(analysis.over_time(analysis.cluster_count, xs, tol)),
-    "mean_cosine": np.asarray(analysis.over_time(analysis.mean_pairwise_cosine, xs)),
+    "energy": np.asarray(metrics.over_time(metrics.interaction_energy, xs, beta)),
+    "clusters": np.asarray(metrics.over_time(metrics.cluster_count, xs, tol)),
+    "mean_cosine": np.asarray(metrics.over_time(metrics.mean_pairwise_cosine, xs)),
 }
 assert np.all(np.diff(series["energy"]) >= -1e-4 * series["energy"][-1])
 fig = plot.summary_figure(

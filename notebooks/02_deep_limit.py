@@ -32,13 +32,14 @@
 import math
 import os
 
+import diffrax
 import jax
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
 import particles as P  # noqa: E402
-from particles import networks, plot  # noqa: E402
+from particles import metrics, networks, plot, studies  # noqa: E402
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
 n, d, T, beta = (16, 3, 3.0, 4.0) if SMALL else (64, 3, 3.0, 4.0)
@@ -53,12 +54,14 @@ depths = [6, 12, 24] if SMALL else [6, 12, 24, 48, 96, 192, 384, 768]
 
 # %%
 x0 = P.clouds.sphere_uniform(jax.random.key(0), n, d)
-attention = P.SelfAttention.identity(d, beta)
+attention = P.Attention.identity(d, beta)
 flow = P.AttentionFlow(attention, P.Sphere())
 shallow = P.ResidualNetwork(flow, 6, T)
 layers = shallow.trajectory(x0)
-limit = P.simulate(flow, x0, shallow.times(x0.dtype), solver="dopri8", rtol=1e-12, atol=1e-12)
-gap = np.asarray(networks.max_distance(layers.xs, limit.xs))
+limit = P.simulate(
+    flow, x0, shallow.times(x0.dtype), solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12
+)
+gap = np.asarray(studies.max_distance(layers.xs, limit.xs))
 print("layer:               ", "  ".join(f"{l:7d}" for l in range(7)))
 print("max |x^l - x(l h)|:  ", "  ".join(f"{e:7.1e}" for e in gap))
 print(f"off the sphere: {float(P.sphere_drift(layers.xs).max()):.1e}")
@@ -99,7 +102,7 @@ plot.animate(
 
 # %%
 key_attention, key_ff, key_layers = jax.random.split(jax.random.key(1), 3)
-attention = P.SelfAttention.random(key_attention, d, beta=1.0)
+attention = P.Attention.random(key_attention, d, beta=1.0)
 feedforward = P.FeedForward.random(key_ff, d, 16, "tanh")
 shown = (
     ["residual", "post-norm", "rk4"]
@@ -112,19 +115,19 @@ profile_depth, collapse_depths = 24, depths[:4]
 M = math.lcm(profile_depth, *collapse_depths)
 errors, slopes, profile, collapse = {}, {}, {}, {}
 for name in shown:
-    flow_v, scheme = networks.variant(name, attention, feedforward=feedforward)
+    flow_v, scheme = studies.variant(name, attention, feedforward=feedforward)
     fine = P.simulate(
-        flow_v, x0, networks.layer_times(M, T), solver="dopri8", rtol=1e-12, atol=1e-12
+        flow_v, x0, networks.layer_times(M, T), solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12
     )
     errors[name] = np.asarray(
-        networks.final_errors(flow_v, x0, depths, T, scheme=scheme, reference=fine.final)
+        studies.final_errors(flow_v, x0, depths, T, scheme=scheme, reference=fine.final)
     )
-    slopes[name] = networks.loglog_slope(depths, errors[name], floor=1e-11)
+    slopes[name] = metrics.fit_power_law(depths, errors[name], floor=1e-11)
     print(f"{name:10s} slope {slopes[name]:6.2f}   errors", *(f"{e:.1e}" for e in errors[name]))
 
     def along_depth(L, flow_v=flow_v, scheme=scheme, fine=fine):
         net = P.ResidualNetwork(flow_v, L, T, scheme=scheme)
-        return np.asarray(networks.depth_error(net, x0, reference=fine.xs[:: M // L]))
+        return np.asarray(studies.depth_error(net, x0, reference=fine.xs[:: M // L]))
 
     profile[name] = along_depth(profile_depth)
     if name == "residual":
@@ -151,11 +154,11 @@ fig = plot.depth_error_figure(
 
 # %%
 layer_keys = jax.random.split(key_layers, 6)
-weights_per_layer = jax.vmap(lambda k: P.SelfAttention.random(k, d, beta=1.0))(layer_keys)
+weights_per_layer = jax.vmap(lambda k: P.Attention.random(k, d, beta=1.0))(layer_keys)
 layered = P.AttentionFlow(P.Layered(weights_per_layer, T), P.Sphere())
 repeats = [1, 2, 4] if SMALL else [1, 2, 4, 8, 16, 32, 64]
 layered_depths = [6 * k for k in repeats]
-layered_errors = np.asarray(networks.final_errors(layered, x0, layered_depths, T))
+layered_errors = np.asarray(studies.final_errors(layered, x0, layered_depths, T))
 print("layers per weight set:", repeats)
 print("error at T:           ", " ".join(f"{e:.1e}" for e in layered_errors))
-print(f"slope {networks.loglog_slope(layered_depths, layered_errors):.2f}")
+print(f"slope {metrics.fit_power_law(layered_depths, layered_errors):.2f}")

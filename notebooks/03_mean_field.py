@@ -29,13 +29,16 @@
 # %%
 import os
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import particles as P
 from particles import meanfield as mf
+from particles import metrics as M
 from particles import plot
+from particles import studies as S
 from particles import wasserstein as W
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
@@ -51,7 +54,7 @@ key = jax.random.key(0)
 Q = jnp.array([[1.0, 0.3], [0.0, 0.8]])
 K = jnp.array([[0.9, 0.0], [0.2, 1.0]])
 V = jnp.array([[0.5, -1.0], [1.0, 0.3]])
-attention = P.SelfAttention(Q, K, V, 1.0)
+attention = P.Attention(Q, K, V, 1.0)
 m0, S0 = jnp.array([0.5, 0.0]), jnp.array([[0.3, 0.1], [0.1, 0.2]])
 B, c = mf.affine_field(attention, m0, S0)
 sample = P.clouds.gaussian(key, 2000 if SMALL else 50000, m0, S0)
@@ -64,7 +67,7 @@ ts = jnp.linspace(0.0, 1.0, 21)
 solution = mf.gaussian_flow(attention, m0, S0, ts)
 flow = P.AttentionFlow(attention)
 x0 = P.clouds.gaussian(jax.random.fold_in(key, 1), 128 if SMALL else 2048, m0, S0)
-trajectory = P.simulate(flow, x0, ts, solver="bosh3", rtol=1e-5, atol=1e-5)
+trajectory = P.simulate(flow, x0, ts, solver=diffrax.Bosh3(), rtol=1e-5, atol=1e-5)
 plot.gaussian_snapshots(ts, trajectory.xs, solution.means, solution.covs, indices=[0, 10, 20])
 
 # %% [markdown]
@@ -76,7 +79,7 @@ plot.gaussian_snapshots(ts, trajectory.xs, solution.means, solution.covs, indice
 
 # %%
 blow = mf.gaussian_flow(
-    P.SelfAttention.identity(2, 1.0), jnp.zeros(2), 0.4 * jnp.eye(2), jnp.linspace(0, 3, 7)
+    P.Attention.identity(2, 1.0), jnp.zeros(2), 0.4 * jnp.eye(2), jnp.linspace(0, 3, 7)
 )
 print(
     "blew up:",
@@ -88,7 +91,7 @@ print(
     " exact 1.25",
 )
 l2 = mf.gaussian_flow(
-    P.SelfAttention.identity(2, 1.0, kernel="l2"),
+    P.Attention.identity(2, 1.0, kernel=P.L2()),
     jnp.zeros(2),
     0.4 * jnp.eye(2),
     jnp.linspace(0, 3, 7),
@@ -106,7 +109,7 @@ print(
 
 # %%
 ns = [16, 64] if SMALL else [64, 128, 256, 512, 1024, 2048]
-study = mf.propagation_of_chaos(
+study = S.propagation_of_chaos(
     key,
     attention,
     m0,
@@ -115,7 +118,7 @@ study = mf.propagation_of_chaos(
     jnp.array([0.0, 1.0]),
     seeds=4 if SMALL else 16,
     reference=256 if SMALL else 16384,
-    solver="bosh3",
+    solver=diffrax.Bosh3(),
     rtol=1e-5,
     atol=1e-5,
 )
@@ -124,7 +127,7 @@ errors = {
     "covariance": np.asarray(study.rms("cov_error")[:, -1]),
     "coupling": np.asarray(study.rms("coupling")[:, -1]),
 }
-slopes = {k: mf.fit_power_law(ns, v) for k, v in errors.items()}
+slopes = {k: M.fit_power_law(ns, v) for k, v in errors.items()}
 print({k: round(v[0], 3) for k, v in slopes.items()})
 plot.sample_convergence_figure(ns, errors, slopes, ylabel="RMS error at t = 1")
 
@@ -136,7 +139,7 @@ plot.sample_convergence_figure(ns, errors, slopes, ylabel="RMS error at t = 1")
 # %%
 xa = P.clouds.gaussian(jax.random.fold_in(key, 2), 32 if SMALL else 256, m0, S0)
 xb = xa + 1e-3 * jax.random.normal(jax.random.fold_in(key, 3), xa.shape)
-stab = mf.stability(flow, xa, xb, jnp.linspace(0.0, 1.0, 4 if SMALL else 11))
+stab = S.stability(flow, xa, xb, jnp.linspace(0.0, 1.0, 4 if SMALL else 11))
 print("W2(t) / W2(0):", np.asarray(stab.ratio).round(4), " fitted L =", round(float(stab.rate), 4))
 plot.stability_figure(stab.ts, stab.ratio, stab.bound / stab.coupling[0], rate=float(stab.rate))
 
@@ -155,7 +158,7 @@ eulerian = mf.circle_flow(rho0, cts, beta=1.0)
 print("max |mass - 1| =", float(jnp.max(jnp.abs(eulerian.mass - 1))))
 n_circle = 128 if SMALL else 4096
 a0 = mf.circle_sample(jax.random.fold_in(key, 4), n_circle, rho0)
-circle_flow = P.AttentionFlow(P.SelfAttention.identity(2, 1.0), P.Sphere())
+circle_flow = P.AttentionFlow(P.Attention.identity(2, 1.0), P.Sphere())
 angles = mf.circle_angles(P.simulate(circle_flow, mf.circle_points(a0), cts).xs)
 print(
     "W1(particles, density):",
@@ -173,7 +176,7 @@ plot.density_snapshots(cts, theta, eulerian.densities, angles, indices=[0, 2, 4]
 # of the limit equation, so it converges like $1/n$.
 
 # %%
-causal = P.SelfAttention.random(jax.random.fold_in(key, 5), 2, beta=2.0, causal=True)
+causal = P.Attention.random(jax.random.fold_in(key, 5), 2, beta=2.0, causal=True)
 
 
 def profile(s):
@@ -181,8 +184,8 @@ def profile(s):
 
 
 cns = [8, 16] if SMALL else [16, 32, 64, 128, 256]
-cerr = mf.causal_convergence(causal, profile, cns, 8 * cns[-1], jnp.array([0.0, 1.0]))[:, -1]
-cslope = mf.fit_power_law(cns, cerr)
+cerr = S.causal_convergence(causal, profile, cns, 8 * cns[-1], jnp.array([0.0, 1.0]))[:, -1]
+cslope = M.fit_power_law(cns, cerr)
 print("causal errors:", np.asarray(cerr).round(5), " slope", round(cslope[0], 3))
 plot.sample_convergence_figure(
     cns, {"causal": cerr}, {"causal": cslope}, reference_slope=-1.0, xlabel="sequence length n"

@@ -38,7 +38,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import particles as P
-from particles import clustering, plot
+from particles import metrics, plot, studies
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
 n, d, frames = (24, 3, 41) if SMALL else (64, 3, 161)
@@ -56,13 +56,13 @@ x0 = P.clouds.sphere_uniform(jax.random.key(0), n, d)
 ts = jnp.linspace(0.0, 30.0, frames)
 runs_by_name = {}
 for name, norm in (("SA", "softmax"), ("USA", "unnormalized")):
-    flow = P.AttentionFlow(P.SelfAttention.identity(d, beta, normalization=norm), P.Sphere())
+    flow = P.AttentionFlow(P.Attention.identity(d, beta, normalization=norm), P.Sphere())
     runs_by_name[name] = P.simulate(flow, x0, ts, rtol=1e-6, atol=1e-7)
 series = {
-    name: clustering.cluster_series(traj.xs, beta, tol=1e-2) for name, traj in runs_by_name.items()
+    name: metrics.cluster_series(traj.xs, beta, tol=1e-2) for name, traj in runs_by_name.items()
 }
 for name, traj in runs_by_name.items():
-    t_one = float(clustering.time_to_one_cluster(ts, traj.xs, 1e-3))
+    t_one = float(metrics.time_to_one_cluster(ts, traj.xs, 1e-3))
     print(f"{name}: {int(traj.num_steps)} steps, one cluster from t = {t_one:.3g}")
 plot.run_curves(
     ts,
@@ -72,7 +72,7 @@ plot.run_curves(
 plt.show()
 
 # %%
-labels = clustering.track_clusters(runs_by_name["SA"].xs, 1e-2)
+labels = metrics.track_clusters(runs_by_name["SA"].xs, 1e-2)
 plot.snapshots(ts, runs_by_name["SA"].xs, clusters=labels, singletons="0.65")
 plt.show()
 
@@ -81,7 +81,7 @@ plt.show()
 # If all $\langle x_i, x_j\rangle = \rho$, the cloud stays equiangular and
 # $\dot\rho = \frac{2}{n} e^{\beta\rho}(1-\rho)(1+(n-1)\rho)$ (USA) or
 # $\dot\rho = \frac{2(1-\rho)(1+(n-1)\rho)}{e^{\beta(1-\rho)} + n - 1}$ (SA); see the
-# derivation in `clustering.equiangular_rate`. We compare the simulated inner products
+# derivation in `metrics.equiangular_rate`. We compare the simulated inner products
 # with an independent scipy solution of that scalar ODE, in float64.
 
 # %%
@@ -92,11 +92,11 @@ ts_eq = jnp.linspace(0.0, t_eq, 25)
 fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
 # at small size one normalization (each costs a compilation); the tests check both
 for k, norm in enumerate(("softmax",) if SMALL else ("softmax", "unnormalized")):
-    flow = P.AttentionFlow(P.SelfAttention.identity(m, 1.0, normalization=norm), P.Sphere())
+    flow = P.AttentionFlow(P.Attention.identity(m, 1.0, normalization=norm), P.Sphere())
     traj = P.simulate(flow, x_eq, ts_eq, rtol=1e-11, atol=1e-12)
     gram = np.einsum("tid,tjd->tij", traj.xs, traj.xs)[:, ~np.eye(m, dtype=bool)]
     ref = solve_ivp(
-        lambda t, r, norm=norm: np.asarray(clustering.equiangular_rate(r, 1.0, m, norm)),
+        lambda t, r, norm=norm: np.asarray(metrics.equiangular_rate(r, 1.0, m, norm)),
         (0.0, t_eq),
         [rho0],
         t_eval=np.asarray(ts_eq),
@@ -122,7 +122,7 @@ jax.config.update("jax_enable_x64", False)
 # %%
 betas = jnp.linspace(0.25, 6.0, num_betas)
 ts_pd = jnp.linspace(0.0, 30.0, 31)
-pd = clustering.phase_diagram(jax.random.key(2), betas, ts_pd, n=32, d=3, runs=runs)
+pd = studies.phase_diagram(jax.random.key(2), betas, ts_pd, n=32, d=3, runs=runs)
 prob = pd.probability(1e-3)
 fig = plot.phase_figure(ts_pd, {"SA": betas}, {"SA": prob}, {"SA": pd.num_steps})
 plt.show()

@@ -39,13 +39,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import particles as P
+from particles import metrics as M
 from particles import plot
 from particles import regularity as R
+from particles import wasserstein as W
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
 ns = [2, 4, 8] if SMALL else [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
 d, beta, radius = 3, 1.0, 5.0
-attention = P.SelfAttention.identity(d, beta)
+attention = P.Attention.identity(d, beta)
 
 # %% [markdown]
 # ## Matrix-free against dense
@@ -89,7 +91,7 @@ for n in ns:
 rows = np.array(rows)
 series = {"leader, gap 6.25": rows[:, 0], "leader, gap ~log n": rows[:, 1], "iid ball": rows[:, 2]}
 cut = [n for n in ns if n <= 32]
-exponent, prefactor = R.power_law(cut, rows[: len(cut), 0])
+exponent, prefactor = M.fit_power_law(cut, rows[: len(cut), 0])
 print(f"fit over n = {cut[0]}..{cut[-1]}: constant ~ {prefactor:.2f} n^{exponent:.3f}")
 fig = plot.lipschitz_vs_n(
     ns,
@@ -146,7 +148,7 @@ ax.set_ylabel("Lipschitz constant")
 u = jnp.array([0.0, 0.0, 1.0])
 radii = jnp.geomspace(0.5, 32.0, 4 if SMALL else 13)
 clouds = jax.vmap(lambda r: jnp.stack([r * u, -r * u, 0 * u]))(radii)
-l2 = P.SelfAttention.identity(d, beta, kernel="l2")
+l2 = P.Attention.identity(d, beta, kernel=P.L2())
 fig = plot.lipschitz_vs_radius(
     radii,
     {
@@ -184,7 +186,7 @@ distances = {}
 for kind, (y0, w) in inputs.items():
     ys = P.simulate(flow, y0, ts, weights=w).xs
     distances[kind] = np.asarray(
-        jax.vmap(lambda a, b, w=w: R.wasserstein(a, b, uniform, w))(clean, ys)
+        jax.vmap(lambda a, b, w=w: W.wasserstein(a, b, uniform, w))(clean, ys)
     )
 rate = float(R.growth_rate_bound(flow))
 for kind, dist in distances.items():
@@ -203,5 +205,5 @@ gaps, w1s = {}, {}
 for kind, amounts in {"noise": [0.01, 0.05, 0.2], "drop": [0.1, 0.3, 0.5]}.items():
     pairs = [R.misspecify(jax.random.key(7), x0, kind, a, space=P.Sphere()) for a in amounts]
     gaps[kind] = [float(R.field_gap(flow, x0, y, None, w)) for y, w in pairs]
-    w1s[kind] = [float(R.wasserstein(x0, y, None, w)) for y, w in pairs]
+    w1s[kind] = [float(W.wasserstein(x0, y, None, w)) for y, w in pairs]
 fig = plot.field_vs_wasserstein(w1s, gaps, slope=float(R.measure_lipschitz_bound(flow)))

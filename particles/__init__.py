@@ -1,24 +1,34 @@
 """particles: self-attention as an interacting particle system, in JAX.
 
-A cloud of tokens is a weighted empirical measure; attention maps it to a velocity field;
-a flow puts that field on a space (Euclidean or the sphere); `simulate` integrates it with
-diffrax. See the README for a quickstart.
+A cloud of tokens is a weighted empirical measure; attention maps it to a velocity field
+(`particles.attention`); a flow puts that field on a space (Euclidean or the sphere);
+`simulate` integrates it with diffrax; `networks` are its Euler schemes; `meanfield` holds
+the limit equation; `regularity` and `metrics` measure; `studies` combine them. The theory
+is in `docs/theory.md`; the README has a quickstart.
 """
 
-from . import analysis as analysis
+from . import attention as attention
 from . import clouds as clouds
-from . import clustering as clustering
 from . import io as io
 from . import meanfield as meanfield
+from . import metrics as metrics
 from . import networks as networks
 from . import regularity as regularity
+from . import studies as studies
 from . import wasserstein as wasserstein
-from ._simulate import SOLVERS as SOLVERS
 from ._simulate import Trajectory as Trajectory
 from ._simulate import simulate as simulate
+from ._solve import AbstractSolution as AbstractSolution
+from ._solve import Stats as Stats
+from .attention import L2 as L2
 from .attention import AbstractAttention as AbstractAttention
-from .attention import MultiHeadAttention as MultiHeadAttention
-from .attention import SelfAttention as SelfAttention
+from .attention import AbstractKernel as AbstractKernel
+from .attention import AbstractNormalization as AbstractNormalization
+from .attention import Attention as Attention
+from .attention import DotProduct as DotProduct
+from .attention import Sinkhorn as Sinkhorn
+from .attention import Softmax as Softmax
+from .attention import Unnormalized as Unnormalized
 from .flows import AbstractFlow as AbstractFlow
 from .flows import AttentionFlow as AttentionFlow
 from .flows import FeedForward as FeedForward
@@ -30,4 +40,4 @@ from .spaces import Euclidean as Euclidean
 from .spaces import Sphere as Sphere
 from .spaces import sphere_drift as sphere_drift
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

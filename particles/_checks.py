@@ -95,3 +95,16 @@ def check_matrix(a, shape: tuple[int | None, int | None], name: str):
 
 def _show(value) -> str:
     return str(np.asarray(value)) if is_concrete(value) else "a traced value"
+
+
+def check_supported(value, types: tuple[type, ...], name: str, what: str):
+    """Raise `NotImplementedError` unless `value` is an instance of one of `types`: a closed
+    form `what` exists only for those. A non-module value (a string, say) is a `TypeError`."""
+    if not isinstance(value, eqx.Module):
+        raise TypeError(f"{name} must be an object such as {types[0].__name__}(); got {value!r}")
+    if not isinstance(value, types):
+        raise NotImplementedError(
+            f"{what} is known for {', '.join(t.__name__ for t in types)}; none is implemented "
+            f"for {type(value).__name__}"
+        )
+    return value

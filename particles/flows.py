@@ -122,36 +122,67 @@ class Layered(eqx.Module):
         # before a jump and restarts just after it sees the right layer on both sides.
         t = jnp.asarray(t)
         jumps = jnp.asarray(self.jump_times(), dtype=t.dtype)
-        index = jnp.searchsorted(jumps, t, side="right")
+        return self.layer(jnp.searchsorted(jumps, t, side="right"))
+
+    def layer(self, index) -> AbstractAttention:
+        """The attention operator of layer `index` (an int, or a traced integer)."""
         arrays, static = eqx.partition(self.layers, eqx.is_array)
         return eqx.combine(jax.tree_util.tree_map(lambda a: a[index], arrays), static)
 
 
-def _attention_at(attention: AbstractAttention | Layered, t) -> AbstractAttention:
-    return attention.at(t) if isinstance(attention, Layered) else attention
-
-
-def _jump_times(attention: AbstractAttention | Layered):
-    return attention.jump_times() if isinstance(attention, Layered) else None
-
-
 class AbstractFlow(eqx.Module):
-    """A vector field $\\dot x = F(t, x)$ on a space that `simulate` can integrate.
+    r"""A vector field $\dot x = F(t, x)$ on a space that `simulate` can integrate.
 
-    Subclasses provide a `space` attribute, an `AbstractSpace` (where the cloud lives:
-    `simulate` checks `x0` against it), `__call__(t, x, weights)` (the tangent velocity, a
-    diffrax vector field) and `jump_times()` (times where the field is discontinuous, or
-    `None`). (`space` is not declared here as an `eqx.AbstractVar`: concrete flows give it a
-    default, and a defaulted field inherited ahead of `attention` breaks dataclass ordering.)
+    Every flow here reads the tokens through a map $R$ (`read`), evaluates attention and the
+    optional feed-forward term there, and turns the result into a velocity with `project`:
+
+    $$ \dot x_i = \Pi_{x_i}\big( v_t[\mu_{R(x)}](R(x_i)) + f(R(x_i)) \big). $$
+
+    Subclasses give `attention`, `feedforward`, `space`, `read` and `project`; the call as a
+    diffrax vector field, `velocity`, `field` and `jump_times` are shared.
     """
 
-    @abc.abstractmethod
-    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
-        """The velocity of every token at time `t`; `args` are the token weights."""
+    # the order fixes the positional order of the fields: (attention, space, feedforward)
+    attention: eqx.AbstractVar[AbstractAttention | Layered]
+    space: eqx.AbstractVar[AbstractSpace]
+    feedforward: eqx.AbstractVar[FeedForward | None]
 
     @abc.abstractmethod
-    def jump_times(self) -> Float[Array, " J"] | None:
+    def read(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        """The points attention reads for tokens `x`."""
+
+    @abc.abstractmethod
+    def project(self, x: Float[Array, "n d"], v: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        """The velocity of tokens `x` given the ambient field `v` at their read points."""
+
+    def attention_at(self, t) -> AbstractAttention:
+        """The attention operator acting at time `t` (the current layer of a `Layered`)."""
+        return self.attention.at(t)
+
+    def jump_times(self):
         """Times where the field is discontinuous (layer boundaries), or `None`."""
+        return self.attention.jump_times()
+
+    def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
+        r"""Ambient velocity $v[\mu_{R(x)}](R(x_i)) + f(R(x_i))$ before `project`."""
+        y = self.read(x)
+        v = self.attention_at(t).unchecked(y, weights)
+        if self.feedforward is not None:
+            v = v + self.feedforward(y)
+        return v
+
+    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
+        """The velocity of every token at time `t`; `args` are the token weights."""
+        return self.project(x, self.velocity(t, x, args))
+
+    def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
+        """Velocity at arbitrary `points` in the field of `cloud` (cross-attention): for
+        quiver and stream plots."""
+        y = self.read(points)
+        v = self.attention_at(t).cross(y, self.read(cloud), weights)
+        if self.feedforward is not None:
+            v = v + self.feedforward(y)
+        return self.project(points, v)
 
 
 class AttentionFlow(AbstractFlow):
@@ -169,31 +200,11 @@ class AttentionFlow(AbstractFlow):
     space: AbstractSpace = Euclidean()
     feedforward: FeedForward | None = None
 
-    def attention_at(self, t) -> AbstractAttention:
-        """The attention operator acting at time `t` (the current layer of a `Layered`)."""
-        return _attention_at(self.attention, t)
+    def read(self, x):
+        return x
 
-    def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
-        """Ambient velocity $v[\\mu](x_i) + f(x_i)$ before the tangent projection."""
-        v = self.attention_at(t).unchecked(x, weights)
-        if self.feedforward is not None:
-            v = v + self.feedforward(x)
-        return v
-
-    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
-        return self.space.tangent(x, self.velocity(t, x, args))
-
-    def jump_times(self):
-        """Times where the field is discontinuous (layer boundaries), or `None`."""
-        return _jump_times(self.attention)
-
-    def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
-        """Velocity at arbitrary `points` in the field of `cloud` (cross-attention), projected
-        onto the tangent space at each point: for quiver and stream plots."""
-        v = self.attention_at(t).cross(points, cloud, weights)
-        if self.feedforward is not None:
-            v = v + self.feedforward(points)
-        return self.space.tangent(points, v)
+    def project(self, x, v):
+        return self.space.tangent(x, v)
 
 
 class PreNormFlow(AbstractFlow):
@@ -218,30 +229,8 @@ class PreNormFlow(AbstractFlow):
     feedforward: FeedForward | None = None
     space: AbstractSpace = eqx.field(default=Euclidean(), init=False)
 
-    def attention_at(self, t) -> AbstractAttention:
-        """The attention operator acting at time `t` (the current layer of a `Layered`)."""
-        return _attention_at(self.attention, t)
+    def read(self, x):
+        return Sphere().retract(x)
 
-    def velocity(self, t, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
-        """$v[\\mu_{N(x)}](N(x_i)) + f(N(x_i))$: the same as `__call__` (no projection)."""
-        y = Sphere().retract(x)
-        v = self.attention_at(t).unchecked(y, weights)
-        if self.feedforward is not None:
-            v = v + self.feedforward(y)
-        return v
-
-    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
-        return self.velocity(t, x, args)
-
-    def jump_times(self):
-        """Times where the field is discontinuous (layer boundaries), or `None`."""
-        return _jump_times(self.attention)
-
-    def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
-        """Velocity at arbitrary `points` in the field of `cloud` (both read normalised)."""
-        sphere = Sphere()
-        y = sphere.retract(points)
-        v = self.attention_at(t).cross(y, sphere.retract(cloud), weights)
-        if self.feedforward is not None:
-            v = v + self.feedforward(y)
+    def project(self, x, v):
         return v

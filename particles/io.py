@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._simulate import Trajectory
+from ._solve import Stats
 
 TRAJECTORY_FILE = "trajectory.npz"
 
@@ -126,18 +127,20 @@ def load_arrays(path: str | Path, what: str = "array") -> dict[str, np.ndarray]:
 
 def save_trajectory(path: str | Path, trajectory: Trajectory) -> None:
     """Write a trajectory to `.npz` (exact: arrays keep their dtype and every bit)."""
-    _savez(
-        Path(path),
-        dict(
-            ts=np.asarray(trajectory.ts),
-            xs=np.asarray(trajectory.xs),
-            weights=np.asarray(trajectory.weights),
-            num_steps=np.asarray(trajectory.num_steps),
-            num_accepted=np.asarray(trajectory.num_accepted),
-            num_rejected=np.asarray(trajectory.num_rejected),
-            result=np.asarray(trajectory.result._value),
-        ),
+    arrays = dict(
+        ts=np.asarray(trajectory.ts),
+        xs=np.asarray(trajectory.xs),
+        weights=np.asarray(trajectory.weights),
     )
+    if trajectory.stats is not None:
+        arrays.update(
+            num_steps=np.asarray(trajectory.stats.num_steps),
+            num_accepted=np.asarray(trajectory.stats.num_accepted),
+            num_rejected=np.asarray(trajectory.stats.num_rejected),
+        )
+    if trajectory.result is not None:
+        arrays.update(result=np.asarray(trajectory.result._value))
+    _savez(Path(path), arrays)
 
 
 def load_trajectory(path: str | Path) -> Trajectory:
@@ -159,15 +162,23 @@ def load_trajectory(path: str | Path) -> Trajectory:
         or fields["weights"].shape != (xs.shape[1],)
     ):
         raise ValueError(f"{path}: inconsistent shapes ts {fields['ts'].shape}, xs {xs.shape}")
-    code = int(np.asarray(fields.get("result", 0)).reshape(()))
+    stats = None
+    if {"num_steps", "num_accepted", "num_rejected"} <= set(fields):
+        stats = Stats(
+            jnp.asarray(fields["num_steps"]),
+            jnp.asarray(fields["num_accepted"]),
+            jnp.asarray(fields["num_rejected"]),
+        )
+    result = None
+    if "result" in fields:
+        code = int(np.asarray(fields["result"]).reshape(()))
+        result = getattr(diffrax.RESULTS, _RESULTS.get(code, "successful"))
     return Trajectory(
         ts=jnp.asarray(fields["ts"]),
         xs=jnp.asarray(xs),
         weights=jnp.asarray(fields["weights"]),
-        num_steps=jnp.asarray(fields.get("num_steps", 0)),
-        num_accepted=jnp.asarray(fields.get("num_accepted", 0)),
-        num_rejected=jnp.asarray(fields.get("num_rejected", 0)),
-        result=getattr(diffrax.RESULTS, _RESULTS.get(code, "successful")),
+        stats=stats,
+        result=result,
     )
 
 

@@ -34,10 +34,11 @@ def _prog() -> str:
 
 
 def solver_names() -> list[str]:
-    """Every ODE solver the library offers, by the name an experiment's `--solver` takes."""
-    import particles
+    """Every ODE solver an experiment's `--solver` takes: the names of `sims._options`,
+    the one registry where option names become library objects."""
+    from sims._options import SOLVERS
 
-    return list(particles.SOLVERS)
+    return list(SOLVERS)
 
 
 class _Parser(argparse.ArgumentParser):

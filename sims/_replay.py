@@ -151,7 +151,7 @@ def _series(path: Path, metrics: Any, T: int) -> dict[str, np.ndarray]:
 def _clusters(run: SavedRun, tol: float | None):
     if tol is None:
         return None
-    return np.asarray(P.analysis.track_clusters(run.xs, tol))
+    return np.asarray(P.metrics.track_clusters(run.xs, tol))
 
 
 def draw_figures(

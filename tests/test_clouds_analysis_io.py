@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import particles as P
-from particles import analysis
+from particles import metrics
 
 
 def test_sphere_uniform_is_on_sphere_and_centred(key):
@@ -67,35 +67,35 @@ def test_cluster_count_and_labels(key):
     centres = jnp.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
     noise = 1e-4 * jax.random.normal(key, (30, 3))
     x = jnp.repeat(centres, 10, axis=0) + noise
-    assert int(analysis.cluster_count(x, 1e-2)) == 3
-    assert int(analysis.cluster_count(x, 1e-6)) == 30
-    labels = analysis.cluster_labels(x, 1e-2)
+    assert int(metrics.cluster_count(x, 1e-2)) == 3
+    assert int(metrics.cluster_count(x, 1e-6)) == 30
+    labels = metrics.cluster_labels(x, 1e-2)
     np.testing.assert_array_equal(labels, np.repeat([0, 10, 20], 10))
     # a chain of points each within tol of the next is one component
     chain = jnp.stack([jnp.array([0.009 * i, 0.0]) for i in range(50)])
-    assert int(analysis.cluster_count(chain, 1e-2)) == 1
+    assert int(metrics.cluster_count(chain, 1e-2)) == 1
     perm = jax.random.permutation(key, 30)
-    assert int(analysis.cluster_count(x[perm], 1e-2)) == 3
+    assert int(metrics.cluster_count(x[perm], 1e-2)) == 3
 
 
 def test_mean_cosine_and_energy_closed_forms(x64):
     x = P.clouds.equiangular(4, 4, 0.25)
-    np.testing.assert_allclose(analysis.mean_pairwise_cosine(x), 0.25, rtol=1e-12)
-    np.testing.assert_allclose(analysis.mean_pairwise_cosine(jnp.ones((5, 3))), 1.0)
+    np.testing.assert_allclose(metrics.mean_pairwise_cosine(x), 0.25, rtol=1e-12)
+    np.testing.assert_allclose(metrics.mean_pairwise_cosine(jnp.ones((5, 3))), 1.0)
     beta = 3.0
     # E = 1/(2 beta n^2) (n e^beta + n(n-1) e^{beta rho})
     expected = (4 * np.exp(beta) + 12 * np.exp(beta * 0.25)) / (2 * beta * 16)
-    np.testing.assert_allclose(analysis.interaction_energy(x, beta), expected, rtol=1e-12)
+    np.testing.assert_allclose(metrics.interaction_energy(x, beta), expected, rtol=1e-12)
 
 
 def test_energy_is_finite_at_large_beta_in_float32():
     x = jnp.ones((4, 3)) / jnp.sqrt(3.0)
-    e = analysis.interaction_energy(x, 80.0)
+    e = metrics.interaction_energy(x, 80.0)
     np.testing.assert_allclose(e, np.exp(80.0) / 160, rtol=1e-5)
 
 
 def test_trajectory_round_trip_is_exact(key, tmp_path):
-    flow = P.AttentionFlow(P.SelfAttention.identity(3, 2.0), P.Sphere())
+    flow = P.AttentionFlow(P.Attention.identity(3, 2.0), P.Sphere())
     traj = P.simulate(flow, P.clouds.sphere_uniform(key, 8, 3), jnp.linspace(0, 1, 4))
     path = tmp_path / "t.npz"
     P.io.save_trajectory(path, traj)

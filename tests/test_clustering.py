@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,11 +10,12 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import particles as P
-from particles import clustering as C
+from particles import metrics as M
+from particles import studies as S
 
 
 def _sphere_flow(d, beta, normalization):
-    attention = P.SelfAttention.identity(d, beta, normalization=normalization)
+    attention = P.Attention.identity(d, beta, normalization=normalization)
     return P.AttentionFlow(attention, P.Sphere())
 
 
@@ -38,14 +40,14 @@ def _rotation(rng, d):
 def _metrics(x):
     """Every cloud metric at once: one compilation per cloud shape keeps the tests fast."""
     return {
-        "count": C.cluster_count(x, 1e-2),
-        "sizes": C.cluster_sizes(x, 1e-2),
-        "centres": C.cluster_centres(x, 1e-2),
-        "effective_rank": C.effective_rank(x),
-        "diameter": C.diameter(x),
-        "aligned_fraction": C.aligned_fraction(x, 1e-3),
-        "min_inner_product": C.min_inner_product(x),
-        "is_clustered": C.is_clustered(x, 1e-3),
+        "count": M.cluster_count(x, 1e-2),
+        "sizes": M.cluster_sizes(x, 1e-2),
+        "centres": M.cluster_centres(x, 1e-2),
+        "effective_rank": M.effective_rank(x),
+        "diameter": M.diameter(x),
+        "aligned_fraction": M.aligned_fraction(x, 1e-3),
+        "min_inner_product": M.min_inner_product(x),
+        "is_clustered": M.is_clustered(x, 1e-3),
     }
 
 
@@ -73,7 +75,7 @@ def test_effective_rank_counts_equal_orthogonal_clusters():
     clouds = jnp.stack(
         [jnp.repeat(jnp.eye(4)[jnp.arange(12) % k], 1, axis=0) for k in (1, 2, 3, 4)]
     )
-    np.testing.assert_allclose(jax.jit(jax.vmap(C.effective_rank))(clouds), [1, 2, 3, 4], rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.vmap(M.effective_rank))(clouds), [1, 2, 3, 4], rtol=1e-5)
 
 
 def test_one_cluster_metrics():
@@ -111,7 +113,7 @@ def test_time_to_one_cluster_is_the_first_time_it_stays_clustered():
     ts = jnp.arange(5.0)
     # clustered at t = 1, apart again at t = 2, clustered from t = 3 on
     xs = jnp.stack([apart, together, apart, together, together])
-    first = jax.jit(C.time_to_one_cluster)
+    first = jax.jit(M.time_to_one_cluster)
     assert float(first(ts, xs)) == 3.0
     # not one cluster at the end: never
     assert np.isinf(float(first(ts, xs[::-1])))
@@ -148,7 +150,7 @@ def test_one_cluster_reached_on_s2(x64, s2_runs, normalization):
     assert bool(final["is_clustered"])
     assert float(final["min_inner_product"]) > 1 - 1e-6
     np.testing.assert_allclose(final["effective_rank"], 1.0, atol=1e-5)
-    t_one = float(jax.jit(C.time_to_one_cluster)(traj.ts, traj.xs, 1e-3))
+    t_one = float(jax.jit(M.time_to_one_cluster)(traj.ts, traj.xs, 1e-3))
     assert 1.0 < t_one < 30.0
 
 
@@ -156,7 +158,7 @@ def test_one_cluster_reached_on_s2(x64, s2_runs, normalization):
 def test_energy_never_decreases(x64, s2_runs, normalization):
     # USA is the gradient ascent of E_beta (DESIGN fact 3); SA ascends it in another metric
     traj, beta = s2_runs[normalization], 1.0
-    energy = np.asarray(P.analysis.over_time(C.interaction_energy, traj.xs, beta))
+    energy = np.asarray(P.metrics.over_time(M.interaction_energy, traj.xs, beta))
     # the exact solution is monotone; the numerical one is within rtol = 1e-10 of it
     steps = np.diff(energy)
     assert steps.min() >= -1e-9 * energy.max(), steps.min()
@@ -180,7 +182,7 @@ def test_equiangular_cloud_follows_closed_form(x64, normalization, beta):
     assert np.max(pairs.max(axis=1) - pairs.min(axis=1)) < 1e-10
     # ... and rho follows the ODE, solved independently by scipy
     ref = solve_ivp(
-        lambda t, r: np.asarray(C.equiangular_rate(r, beta, n, normalization)),
+        lambda t, r: np.asarray(M.equiangular_rate(r, beta, n, normalization)),
         (0.0, t1),
         [rho0],
         t_eval=np.asarray(ts),
@@ -196,26 +198,26 @@ def test_equiangular_rate_for_two_tokens_is_the_two_particle_law():
     rho = jnp.linspace(-0.9, 0.9, 7)
     beta = 2.5
     np.testing.assert_allclose(
-        C.equiangular_rate(rho, beta, 2, "unnormalized"),
+        M.equiangular_rate(rho, beta, 2, "unnormalized"),
         jnp.exp(beta * rho) * (1 - rho**2),
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        C.equiangular_rate(rho, beta, 2, "softmax"),
+        M.equiangular_rate(rho, beta, 2, "softmax"),
         2 * (1 - rho**2) / (1 + jnp.exp(beta * (1 - rho))),
         rtol=1e-6,
     )
     # fixed points: one cluster and the regular simplex
     for norm in ("softmax", "unnormalized"):
-        assert float(C.equiangular_rate(1.0, beta, 7, norm)) == 0.0
-        assert abs(float(C.equiangular_rate(-1 / 6, beta, 7, norm))) < 1e-7
+        assert float(M.equiangular_rate(1.0, beta, 7, norm)) == 0.0
+        assert abs(float(M.equiangular_rate(-1 / 6, beta, 7, norm))) < 1e-7
 
 
 def test_equiangular_rate_rejects_bad_input():
     with pytest.raises(ValueError, match="normalization must be one of"):
-        C.equiangular_rate(0.1, 1.0, 4, "sinkhorn")
+        M.equiangular_rate(0.1, 1.0, 4, "sinkhorn")
     with pytest.raises(ValueError, match="n must be an int >= 2"):
-        C.equiangular_rate(0.1, 1.0, 1)
+        M.equiangular_rate(0.1, 1.0, 1)
 
 
 # --- phase diagrams ------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def small_diagram():
     try:
         betas = jnp.array([0.5, 1.0, 16.0])
         ts = jnp.linspace(0.0, 12.0, 13)
-        pd = C.phase_diagram(jax.random.key(0), betas, ts, n=8, d=3, runs=24)
+        pd = S.phase_diagram(jax.random.key(0), betas, ts, n=8, d=3, runs=24)
     finally:
         jax.config.update("jax_enable_x64", previous)
     return pd
@@ -264,7 +266,7 @@ def test_ensemble_member_equals_solo_run(x64, small_diagram):
     flow = _sphere_flow(3, float(pd.betas[b]), "softmax")
     solo = P.simulate(flow, x0, pd.ts, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
-        pd.min_inner[b, r], P.analysis.over_time(C.min_inner_product, solo.xs), atol=1e-12
+        pd.min_inner[b, r], P.metrics.over_time(M.min_inner_product, solo.xs), atol=1e-12
     )
     np.testing.assert_allclose(pd.final[b, r], solo.final, atol=1e-12)
     assert int(pd.num_steps[b, r]) == int(solo.num_steps)
@@ -275,26 +277,26 @@ def test_ensemble_member_equals_solo_run(x64, small_diagram):
 def test_phase_diagram_rejects_bad_input(key):
     ts = jnp.linspace(0.0, 1.0, 3)
     with pytest.raises(ValueError, match="betas must all be > 0"):
-        C.phase_diagram(key, jnp.array([1.0, 0.0]), ts, n=4, runs=2)
+        S.phase_diagram(key, jnp.array([1.0, 0.0]), ts, n=4, runs=2)
     with pytest.raises(ValueError, match="betas must be a 1-d array"):
-        C.phase_diagram(key, jnp.array(1.0), ts, n=4, runs=2)
+        S.phase_diagram(key, jnp.array(1.0), ts, n=4, runs=2)
     with pytest.raises(ValueError, match="runs must be an int >= 1"):
-        C.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=0)
+        S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=0)
     with pytest.raises(ValueError, match="n must be an int >= 2"):
-        C.phase_diagram(key, jnp.array([1.0]), ts, n=1, runs=2)
+        S.phase_diagram(key, jnp.array([1.0]), ts, n=1, runs=2)
     with pytest.raises(ValueError, match="ts must be strictly increasing"):
-        C.phase_diagram(key, jnp.array([1.0]), jnp.array([0.0, 2.0, 1.0]), n=4, runs=2)
+        S.phase_diagram(key, jnp.array([1.0]), jnp.array([0.0, 2.0, 1.0]), n=4, runs=2)
     with pytest.raises(ValueError, match="normalization must be one of"):
-        C.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, normalization="sinkhorn")
+        S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, normalization=P.Sinkhorn())
     with pytest.raises(ValueError, match="solver must be one of"):
-        C.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, solver="euler")
+        S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, solver=diffrax.Euler())
 
 
 @pytest.mark.slow
 def test_phase_diagram_reports_failed_members(key):
     ts = jnp.linspace(0.0, 1.0, 3)
     with pytest.raises(RuntimeError, match="2 of 2 members failed"):
-        C.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, max_steps=1)
+        S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, max_steps=1)
 
 
 # --- experiments ---------------------------------------------------------------------------

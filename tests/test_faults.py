@@ -131,7 +131,7 @@ class Checkpoints:
         from particles.plot import _animate
 
         self.wrap(particles, "simulate", "simulate", after=True)
-        self.wrap(particles.analysis, "over_time", "over_time")
+        self.wrap(particles.metrics, "over_time", "over_time")
         self.wrap(particles.io, "write_json", "write_json")
         self.wrap(particles.io, "save_trajectory", "save_trajectory")
         self.wrap(np, "savez", "savez")

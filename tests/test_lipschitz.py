@@ -11,20 +11,22 @@ import numpy as np
 import pytest
 
 import particles as P
+from particles import metrics as M
 from particles import regularity as R
+from particles import wasserstein as W
 
 # ---------------------------------------------------------------------------------------
 # Matrix-free norm against the dense Jacobian
 # ---------------------------------------------------------------------------------------
 
 VARIANTS = {
-    "softmax": lambda k: P.SelfAttention.random(k, 3, beta=1.5),
-    "unnormalized": lambda k: P.SelfAttention.random(k, 3, beta=1.5, normalization="unnormalized"),
-    "l2": lambda k: P.SelfAttention.random(k, 3, beta=1.5, kernel="l2"),
-    "causal": lambda k: P.SelfAttention.random(k, 3, beta=1.5, causal=True),
-    "multihead": lambda k: P.MultiHeadAttention.random(k, 3, 2, beta=1.5),
-    "sinkhorn": lambda k: P.SelfAttention.random(k, 3, beta=1.5, normalization="sinkhorn"),
-    "sphere": lambda k: P.AttentionFlow(P.SelfAttention.random(k, 3, beta=1.5), P.Sphere()),
+    "softmax": lambda k: P.Attention.random(k, 3, beta=1.5),
+    "unnormalized": lambda k: P.Attention.random(k, 3, beta=1.5, normalization=P.Unnormalized()),
+    "l2": lambda k: P.Attention.random(k, 3, beta=1.5, kernel=P.L2()),
+    "causal": lambda k: P.Attention.random(k, 3, beta=1.5, causal=True),
+    "multihead": lambda k: P.Attention.random(k, 3, heads=2, beta=1.5),
+    "sinkhorn": lambda k: P.Attention.random(k, 3, beta=1.5, normalization=P.Sinkhorn()),
+    "sphere": lambda k: P.AttentionFlow(P.Attention.random(k, 3, beta=1.5), P.Sphere()),
 }
 
 
@@ -46,7 +48,7 @@ def test_matrix_free_norm_equals_dense_spectral_norm(x64, key, variant):
 def test_power_iteration_agrees_and_lobpcg_needs_far_fewer_iterations(x64):
     # The adversarial cloud with n = 8 has two top singular values 3.00 and 2.80, a ratio
     # of 0.87 for G = J^T J: power iteration needs ~170 steps for 1e-10, LOBPCG ~7.
-    attention = P.SelfAttention.identity(3, 1.0)
+    attention = P.Attention.identity(3, 1.0)
     x = R.adversarial_cloud(attention, 8, 5.0, offset=0.5)
     dense = float(R.lipschitz_dense(attention, x))
     power = R.lipschitz(attention, x, method="power", tol=1e-10)
@@ -58,7 +60,7 @@ def test_power_iteration_agrees_and_lobpcg_needs_far_fewer_iterations(x64):
 
 
 def test_lipschitz_reports_non_convergence_within_max_iters(x64):
-    attention = P.SelfAttention.identity(3, 1.0)
+    attention = P.Attention.identity(3, 1.0)
     x = R.adversarial_cloud(attention, 8, 5.0, offset=0.5)
     est = R.lipschitz(attention, x, method="power", tol=1e-12, max_iters=5)
     assert int(est.iterations) == 5 and not bool(est.converged)
@@ -66,7 +68,7 @@ def test_lipschitz_reports_non_convergence_within_max_iters(x64):
 
 
 def test_lipschitz_works_under_jit_and_vmap(x64):
-    attention = P.SelfAttention.identity(3, 1.0)
+    attention = P.Attention.identity(3, 1.0)
     offsets = jnp.array([0.3, 0.5, 0.7])
     clouds = jax.vmap(lambda a: R.adversarial_cloud(attention, 8, 5.0, offset=a))(offsets)
     batched = jax.jit(jax.vmap(lambda x: R.lipschitz(attention, x, tol=1e-10).value))(clouds)
@@ -75,7 +77,7 @@ def test_lipschitz_works_under_jit_and_vmap(x64):
 
 
 def test_zero_map_has_constant_zero(x64):
-    zero = P.SelfAttention(jnp.eye(2), jnp.eye(2), jnp.zeros((2, 2)), 1.0)
+    zero = P.Attention(jnp.eye(2), jnp.eye(2), jnp.zeros((2, 2)), 1.0)
     est = R.lipschitz(zero, jnp.ones((3, 2)))
     assert float(est.value) == 0.0 and bool(est.converged)
 
@@ -91,14 +93,14 @@ def test_adversarial_cloud_grows_like_sqrt_n_below_the_bound(x64):
     # p > 0.97 for n <= 16. Measured: 1.4214, 2.0453, 2.9998, 4.5379 for n = 2, 4, 8, 16:
     # the log-log fit against n over 2 <= n <= 16 has exponent 0.557, and against the n - 1
     # followers over 4 <= n <= 16 exponent 0.499.
-    attention = P.SelfAttention.identity(3, 1.0)
+    attention = P.Attention.identity(3, 1.0)
     ns = np.array([2, 4, 8, 16])
     clouds = [R.adversarial_cloud(attention, int(n), 5.0, offset=0.5) for n in ns]
     values = np.array([float(R.lipschitz(attention, x, tol=1e-10).value) for x in clouds])
     np.testing.assert_allclose(values, [1.4214149, 2.0453019, 2.9997871, 4.5378906], rtol=1e-6)
-    exponent, _ = R.power_law(ns, values)
+    exponent, _ = M.fit_power_law(ns, values)
     assert 0.5 < exponent < 0.6
-    followers, _ = R.power_law(ns[1:] - 1, values[1:])
+    followers, _ = M.fit_power_law(ns[1:] - 1, values[1:])
     assert abs(followers - 0.5) < 0.01
     assert np.all(values <= np.asarray(R.softmax_bound(attention, ns, 5.0)))
     assert np.all(values <= np.asarray(R.castin_bound(attention, ns, 5.0)))
@@ -108,8 +110,8 @@ def test_adversarial_cloud_grows_like_sqrt_n_below_the_bound(x64):
 
 
 def test_adversarial_cloud_default_offset_and_causal_stay_below_bound(x64):
-    attention = P.SelfAttention.identity(3, 1.0)
-    causal = P.SelfAttention.identity(3, 1.0, causal=True)
+    attention = P.Attention.identity(3, 1.0)
+    causal = P.Attention.identity(3, 1.0, causal=True)
     x = R.adversarial_cloud(attention, 16, 5.0)
     assert float(jnp.max(jnp.linalg.norm(x, axis=-1))) == pytest.approx(5.0)
     bound = float(R.softmax_bound(attention, 16, 5.0))
@@ -128,13 +130,11 @@ def test_bounds_hold_on_random_clouds_of_every_variant(key):
     K = jax.random.normal(kk, (3, 3)) / math.sqrt(3)
     V = jax.random.normal(kv, (3, 3)) / math.sqrt(3)
     models = {
-        "softmax": P.SelfAttention(Q, K, V, 2.0),
-        "causal": P.SelfAttention(Q, K, V, 2.0, causal=True),
-        "unnormalized": P.SelfAttention(Q, K, V, 2.0, normalization="unnormalized"),
-        "multihead": P.MultiHeadAttention(
-            jnp.stack([Q, K]), jnp.stack([K, Q]), jnp.stack([V, -V]), 2.0
-        ),
-        "sphere": P.AttentionFlow(P.SelfAttention(Q, K, V, 2.0), P.Sphere()),
+        "softmax": P.Attention(Q, K, V, 2.0),
+        "causal": P.Attention(Q, K, V, 2.0, causal=True),
+        "unnormalized": P.Attention(Q, K, V, 2.0, normalization=P.Unnormalized()),
+        "multihead": P.Attention(jnp.stack([Q, K]), jnp.stack([K, Q]), jnp.stack([V, -V]), 2.0),
+        "sphere": P.AttentionFlow(P.Attention(Q, K, V, 2.0), P.Sphere()),
     }
     radius, n = 2.0, 12
     clouds = jax.vmap(lambda k: P.clouds.ball_uniform(k, n, 3, radius))(jax.random.split(key, 4))
@@ -149,7 +149,7 @@ def _tied_l2(key):
     kq, ku = jax.random.split(key)
     Q = jax.random.normal(kq, (3, 3)) / math.sqrt(3)
     U = jax.random.normal(ku, (3, 3)) / math.sqrt(3)
-    return P.SelfAttention(Q, Q, U @ Q, 1.0, kernel="l2")
+    return P.Attention(Q, Q, U @ Q, 1.0, kernel=P.L2())
 
 
 def test_l2_attention_stays_below_the_kim_type_bound_at_every_scale(key):
@@ -186,12 +186,12 @@ def test_dot_product_constant_grows_without_bound_with_the_radius(x64):
     u = jnp.array([0.0, 0.0, 1.0])
     radii = jnp.array([1.0, 2.0, 4.0, 8.0, 16.0])
     clouds = jax.vmap(lambda r: jnp.stack([r * u, -r * u, 0 * u]))(radii)
-    dot = P.SelfAttention.identity(3, 1.0)
-    l2 = P.SelfAttention.identity(3, 1.0, kernel="l2")
+    dot = P.Attention.identity(3, 1.0)
+    l2 = P.Attention.identity(3, 1.0, kernel=P.L2())
     values = np.asarray(jax.vmap(lambda x: R.lipschitz(dot, x, tol=1e-10).value)(clouds))
     lower = 1 / 3 + 2 / 3 * np.asarray(radii) ** 2
     assert np.all(values >= lower * (1 - 1e-9))
-    exponent, _ = R.power_law(np.asarray(radii)[2:], values[2:])
+    exponent, _ = M.fit_power_law(np.asarray(radii)[2:], values[2:])
     assert abs(exponent - 2) < 0.05
     l2_values = np.asarray(jax.vmap(lambda x: R.lipschitz(l2, x).value)(clouds))
     assert np.all(l2_values <= float(R.l2_bound(l2, 3)))
@@ -200,19 +200,19 @@ def test_dot_product_constant_grows_without_bound_with_the_radius(x64):
 def test_kim_bound_is_infinite_without_tied_keys_and_lambert_w_is_exact(key):
     from scipy.special import lambertw
 
-    untied = P.SelfAttention.random(key, 3, kernel="l2")
+    untied = P.Attention.random(key, 3, kernel=P.L2())
     assert math.isinf(float(R.l2_bound(untied, 10)))
     assert math.isinf(float(R.kim_bound(untied, 10)))
     xs = np.array([0.0, 1e-3, 0.5, 1.0, math.e, 100.0, 1e6])
     np.testing.assert_allclose(np.asarray(R.lambert_w0(xs)), lambertw(xs).real, rtol=1e-6)
     # the Kim-type bound grows like sqrt(n log n): between n = 10^3 and 10^5, slope ~0.6
-    l2 = P.SelfAttention.identity(3, 1.0, kernel="l2")
-    exponent, _ = R.power_law([1e3, 1e5], np.asarray(R.l2_bound(l2, jnp.array([1e3, 1e5]))))
+    l2 = P.Attention.identity(3, 1.0, kernel=P.L2())
+    exponent, _ = M.fit_power_law([1e3, 1e5], np.asarray(R.l2_bound(l2, jnp.array([1e3, 1e5]))))
     assert 0.5 < exponent < 0.7
 
 
 def test_worst_cloud_on_the_sphere_stays_on_it_and_below_the_bound(key):
-    flow = P.AttentionFlow(P.SelfAttention.identity(3, 4.0), P.Sphere())
+    flow = P.AttentionFlow(P.Attention.identity(3, 4.0), P.Sphere())
     x0 = P.clouds.sphere_uniform(key, 6, 3)
     found = R.worst_cloud(flow, x0, steps=25, key=key)
     assert float(jnp.max(P.sphere_drift(found.clouds))) < 1e-5
@@ -228,17 +228,17 @@ def test_worst_cloud_on_the_sphere_stays_on_it_and_below_the_bound(key):
 def test_wasserstein_matches_closed_forms(key):
     x = P.clouds.ball_uniform(key, 20, 3, 1.0)
     shift = jnp.array([0.3, -0.4, 0.0])
-    assert float(R.wasserstein(x, x + shift)) == pytest.approx(0.5, rel=1e-6)
-    assert float(R.wasserstein(x, x)) == pytest.approx(0.0, abs=1e-7)
+    assert float(W.wasserstein(x, x + shift)) == pytest.approx(0.5, rel=1e-6)
+    assert float(W.wasserstein(x, x)) == pytest.approx(0.0, abs=1e-7)
     # two Diracs of masses (1/2, 1/2) against (1/4, 3/4) at distance 2: move 1/4 by 2
     a, b = jnp.array([[0.0, 0.0]]), jnp.array([[2.0, 0.0]])
     both = jnp.concatenate([a, b])
-    w = R.wasserstein(both, both, jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]))
+    w = W.wasserstein(both, both, jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]))
     assert float(w) == pytest.approx(0.5, rel=1e-6)
-    assert float(R.wasserstein(a, b, p=2)) == pytest.approx(2.0, rel=1e-6)
+    assert float(W.wasserstein(a, b, p=2)) == pytest.approx(2.0, rel=1e-6)
     ys = jax.vmap(lambda s: x + s)(jnp.array([[0.1, 0, 0], [0, 0.2, 0]]))
     np.testing.assert_allclose(
-        jax.jit(jax.vmap(lambda y: R.wasserstein(x, y)))(ys), [0.1, 0.2], rtol=1e-5
+        jax.jit(jax.vmap(lambda y: W.wasserstein(x, y)))(ys), [0.1, 0.2], rtol=1e-5
     )
 
 
@@ -257,7 +257,7 @@ def test_misspecify_changes_exactly_the_requested_tokens(key):
 
 @pytest.mark.parametrize("space", ["euclidean", "sphere"])
 def test_field_gap_is_below_the_measure_lipschitz_bound_times_w1(key, space):
-    attention = P.SelfAttention.identity(3, 1.0)
+    attention = P.Attention.identity(3, 1.0)
     if space == "sphere":
         model, sphere = P.AttentionFlow(attention, P.Sphere()), P.Sphere()
         x, radius = P.clouds.sphere_uniform(key, 24, 3), None
@@ -270,7 +270,7 @@ def test_field_gap_is_below_the_measure_lipschitz_bound_times_w1(key, space):
         if sphere is None:
             y = y * jnp.minimum(1, 1 / jnp.linalg.norm(y, axis=-1, keepdims=True))
         gap = float(R.field_gap(model, x, y, None, w))
-        w1 = float(R.wasserstein(x, y, None, w))
+        w1 = float(W.wasserstein(x, y, None, w))
         assert 0 < gap <= lip_mu * w1, kind
 
 
@@ -279,14 +279,14 @@ def test_wasserstein_separation_along_the_flow_obeys_gronwall(key):
     # Both flows on the sphere (radius 1): W1(mu_t, nu_t) <= exp(L t) W1(mu_0, nu_0)
     # with L = growth_rate_bound; the measured rate is far smaller than the bound. (The
     # default suite checks the same inequality through the misspecified experiment.)
-    flow = P.AttentionFlow(P.SelfAttention.identity(3, 1.0), P.Sphere())
+    flow = P.AttentionFlow(P.Attention.identity(3, 1.0), P.Sphere())
     x0 = P.clouds.sphere_uniform(key, 24, 3)
     y0, w = R.misspecify(jax.random.key(5), x0, "drop", 0.25)
     ts = jnp.linspace(0.0, 1.0, 6)
     uniform = jnp.full((24,), 1 / 24)
     xs = P.simulate(flow, x0, ts, weights=uniform).xs
     ys = P.simulate(flow, y0, ts, weights=w).xs
-    w1 = np.array([float(R.wasserstein(a, b, None, w)) for a, b in zip(xs, ys, strict=True)])
+    w1 = np.array([float(W.wasserstein(a, b, None, w)) for a, b in zip(xs, ys, strict=True)])
     rate = float(R.growth_rate_bound(flow))
     assert rate == pytest.approx(1 + 2 + 3 * math.e**2, rel=1e-6)
     assert np.all(w1 <= w1[0] * np.exp(rate * np.asarray(ts)) * (1 + 1e-5))
@@ -299,7 +299,7 @@ def test_wasserstein_separation_along_the_flow_obeys_gronwall(key):
 
 
 def test_bad_inputs_raise_clear_errors(key):
-    attention = P.SelfAttention.identity(3, 1.0)
+    attention = P.Attention.identity(3, 1.0)
     x = jnp.ones((4, 3))
     with pytest.raises(ValueError, match="method must be one of"):
         R.lipschitz(attention, x, method="lanczos")
@@ -316,15 +316,15 @@ def test_bad_inputs_raise_clear_errors(key):
     with pytest.raises(ValueError, match="n must be an int >= 2"):
         R.adversarial_cloud(attention, 1, 5.0)
     with pytest.raises(ValueError, match="needs kernel='dot'"):
-        R.adversarial_cloud(P.SelfAttention.identity(3, kernel="l2"), 4, 5.0)
-    with pytest.raises(TypeError, match="single-head SelfAttention"):
-        R.adversarial_cloud(P.MultiHeadAttention.random(key, 3, 2), 4, 5.0)
+        R.adversarial_cloud(P.Attention.identity(3, kernel=P.L2()), 4, 5.0)
+    with pytest.raises(TypeError, match="single-head Attention"):
+        R.adversarial_cloud(P.Attention.random(key, 3, heads=2), 4, 5.0)
     with pytest.raises(ValueError, match="offset must lie in"):
         R.adversarial_cloud(attention, 4, 5.0, offset=1.5)
     with pytest.raises(ValueError, match="radius must be > 0"):
         R.softmax_bound(attention, 4, -1.0)
     with pytest.raises(ValueError, match="softmax_bound covers kernel"):
-        R.softmax_bound(P.SelfAttention.identity(3, kernel="l2"), 4, 1.0)
+        R.softmax_bound(P.Attention.identity(3, kernel=P.L2()), 4, 1.0)
     with pytest.raises(ValueError, match="l2_bound covers kernel"):
         R.l2_bound(attention, 4)
     with pytest.raises(ValueError, match="radius is required"):
@@ -332,17 +332,17 @@ def test_bad_inputs_raise_clear_errors(key):
     with pytest.raises(ValueError, match="radius is required"):
         R.worst_cloud(attention, x, None)
     with pytest.raises(ValueError, match="causal attention is not a function of the measure"):
-        R.growth_rate_bound(P.SelfAttention.identity(3, causal=True), 1.0)
+        R.growth_rate_bound(P.Attention.identity(3, causal=True), 1.0)
     with pytest.raises(ValueError, match="kind must be one of"):
         R.misspecify(key, x, "shuffle", 0.1)
     with pytest.raises(ValueError, match="amount must be < 1 for kind='drop'"):
         R.misspecify(key, x, "drop", 1.0)
     with pytest.raises(ValueError, match="p must be 1 or 2"):
-        R.wasserstein(x, x, p=3)
+        W.wasserstein(x, x, p=3)
     with pytest.raises(ValueError, match="same dimension"):
-        R.wasserstein(x, jnp.ones((4, 2)))
+        W.wasserstein(x, jnp.ones((4, 2)))
     with pytest.raises(ValueError, match="log-log fit"):
-        R.power_law([1, 2], [1, -1])
+        M.fit_power_law([1, 2], [1, -1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,25 +451,25 @@ def test_paper_bounds_are_the_published_formulas(x64):
 
     # Castin, Ablin, Peyre (2024), Theorem 3.3: sqrt(3) |V| (|A|^2 R^4 (4n + 1) + n)^(1/2),
     # with A = beta Q^T K. Q = K = I, V = 2I, beta = 0.5, R = 3: |A| = 0.5, |V| = 2.
-    dot = P.SelfAttention(jnp.eye(3), jnp.eye(3), 2 * jnp.eye(3), 0.5)
+    dot = P.Attention(jnp.eye(3), jnp.eye(3), 2 * jnp.eye(3), 0.5)
     ns = np.array([1.0, 4.0, 100.0])
     expected = math.sqrt(3) * 2 * np.sqrt(0.25 * 81 * (4 * ns + 1) + ns)
     np.testing.assert_allclose(np.asarray(R.castin_bound(dot, ns, 3.0)), expected, rtol=1e-13)
     # Kim, Papamakarios, Mnih (2021), Theorem 3.2 with Q = K = I, V = 3I, one head:
     # W^Q = (beta sqrt(3) / 2)^(1/2) I, W^V = (6 / beta) I, D/H = 3, W^O = I, so
     # sqrt(N)/sqrt(3) (4 W0((N-1)/e) + 1) |W^Q|^2 |W^V| = 3 sqrt(N) (4 W0((N-1)/e) + 1).
-    l2 = P.SelfAttention(jnp.eye(3), jnp.eye(3), 3 * jnp.eye(3), 0.8, kernel="l2")
+    l2 = P.Attention(jnp.eye(3), jnp.eye(3), 3 * jnp.eye(3), 0.8, kernel=P.L2())
     phi_inv = lambertw((ns - 1) / math.e).real
     expected = 3 * np.sqrt(ns) * (4 * phi_inv + 1)
     np.testing.assert_allclose(np.asarray(R.kim_bound(l2, ns)), expected, rtol=1e-12)
     # two heads: W^O stacks two identities (|W^O| = sqrt 2), per-head terms in quadrature
     Q2 = 2 * jnp.eye(3)
-    mh = P.MultiHeadAttention(
+    mh = P.Attention(
         jnp.stack([jnp.eye(3), Q2]),
         jnp.stack([jnp.eye(3), Q2]),
         jnp.stack([jnp.eye(3), Q2]),
         0.8,
-        kernel="l2",
+        kernel=P.L2(),
     )
     # a_h = |Q_h|^2 |V_h (Q_h^T Q_h)^+|: 1 and 4 * 2 / 4 = 2
     expected = np.sqrt(2) * math.sqrt(1 + 4) * np.sqrt(ns) * (4 * phi_inv + 1)
@@ -482,7 +482,7 @@ def test_kim_bound_holds_at_every_temperature(x64):
     # in |W^Q| (which scales like beta^(1/2)) would fall below 1 at large beta.
     x = jnp.ones((4, 3))
     for beta in (1e-2, 1.0, 1e2):
-        l2 = P.SelfAttention.identity(3, beta, kernel="l2")
+        l2 = P.Attention.identity(3, beta, kernel=P.L2())
         value = float(R.lipschitz(l2, x, tol=1e-12).value)
         assert value == pytest.approx(1.0, rel=1e-9)
         assert value <= float(R.l2_bound(l2, 4)) <= float(R.kim_bound(l2, 4))
@@ -495,8 +495,8 @@ def test_our_bounds_never_exceed_the_papers(key):
         Q, K, V = (jax.random.normal(s, (3, 3)) for s in (kq, kk, kv))
         beta = float(jax.random.uniform(kb, minval=0.1, maxval=5.0))
         for radius in (0.1, 1.0, 10.0):
-            dot = P.SelfAttention(Q, K, V, beta)
+            dot = P.Attention(Q, K, V, beta)
             ours = np.asarray(R.softmax_bound(dot, ns, radius))
             assert np.all(ours <= np.asarray(R.castin_bound(dot, ns, radius)))
-        l2 = P.SelfAttention(Q, Q, V, beta, kernel="l2")
+        l2 = P.Attention(Q, Q, V, beta, kernel=P.L2())
         assert np.all(np.asarray(R.l2_bound(l2, ns)) <= np.asarray(R.kim_bound(l2, ns)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 
 import particles as P
 from particles import meanfield as mf
+from particles import metrics as M
+from particles import studies as S
 from particles import wasserstein as W
 
 # A generic 2-d softmax attention whose Gaussian solution moves (rotation + shear) but does
@@ -23,7 +26,7 @@ S0 = jnp.array([[0.3, 0.1], [0.1, 0.2]])
 
 
 def _attention(**options):
-    return P.SelfAttention(Q2, K2, V2, 1.0, **options)
+    return P.Attention(Q2, K2, V2, 1.0, **options)
 
 
 # --------------------------------------------------------------------------------------
@@ -82,9 +85,9 @@ def test_gaussian_mixture_moments(key, x64):
     "make",
     [
         lambda: _attention(),
-        lambda: _attention(kernel="l2"),
-        lambda: P.MultiHeadAttention.random(jax.random.key(3), 2, 3, beta=1.0),
-        lambda: P.MultiHeadAttention.random(jax.random.key(4), 2, 2, beta=1.5, kernel="l2"),
+        lambda: _attention(kernel=P.L2()),
+        lambda: P.Attention.random(jax.random.key(3), 2, 3, beta=1.0),
+        lambda: P.Attention.random(jax.random.key(4), 2, 2, beta=1.5, kernel=P.L2()),
     ],
     ids=["dot", "l2", "multihead-dot", "multihead-l2"],
 )
@@ -109,7 +112,7 @@ def test_empirical_field_of_a_gaussian_sample_is_the_affine_field(make, key):
 
 def test_l2_field_matches_the_precision_form(x64):
     # the docstring's derivation: tilted mean = (S^-1 + beta K^T K)^-1 (S^-1 m + beta K^T Q x)
-    attention = _attention(kernel="l2")
+    attention = _attention(kernel=P.L2())
     B, c = mf.affine_field(attention, M0, S0)
     Qn, Kn, Vn, S, m = (np.asarray(a) for a in (Q2, K2, V2, S0, M0))
     Si = np.linalg.inv(S)
@@ -124,7 +127,7 @@ def test_gaussian_flow_matches_the_isotropic_closed_form(x64):
     beta, s = 0.7, 0.4
     ts = jnp.linspace(0.0, 1.0, 7)
     sol = mf.gaussian_flow(
-        P.SelfAttention.identity(2, beta), jnp.array([0.3, -0.1]), s * jnp.eye(2), ts
+        P.Attention.identity(2, beta), jnp.array([0.3, -0.1]), s * jnp.eye(2), ts
     )
     tt = np.asarray(ts)
     S_exact = s / (1 - 2 * beta * s * tt)
@@ -143,7 +146,7 @@ def test_blowup_is_detected_and_reported_not_integrated_into_inf(x64):
     beta = 1.0
     S = jnp.array([[0.4, 0.0], [0.0, 0.1]])
     ts = jnp.linspace(0.0, 3.0, 7)
-    sol = mf.gaussian_flow(P.SelfAttention.identity(2, beta), jnp.zeros(2), S, ts)
+    sol = mf.gaussian_flow(P.Attention.identity(2, beta), jnp.zeros(2), S, ts)
     assert bool(sol.blew_up)
     assert abs(float(sol.blowup_estimate) - 1.25) < 1e-6
     assert 1.2 < float(sol.blowup_time) < 1.25
@@ -155,8 +158,8 @@ def test_blowup_is_detected_and_reported_not_integrated_into_inf(x64):
 @pytest.mark.parametrize(
     "attention",
     [
-        P.SelfAttention(jnp.eye(2), jnp.eye(2), -jnp.eye(2), 1.0),  # contracting: S' = -2 beta S^2
-        P.SelfAttention.identity(2, 1.0, kernel="l2"),  # tilted covariance bounded by I / beta
+        P.Attention(jnp.eye(2), jnp.eye(2), -jnp.eye(2), 1.0),  # contracting: S' = -2 beta S^2
+        P.Attention.identity(2, 1.0, kernel=P.L2()),  # tilted covariance bounded by I / beta
     ],
     ids=["contracting", "l2"],
 )
@@ -182,7 +185,7 @@ def _particle_moments(n, seeds, ts, key):
 
     def one(k, ts):
         x0 = P.clouds.gaussian(k, n, M0, S0)
-        xs = P.simulate(flow, x0, ts, solver="bosh3", rtol=1e-5, atol=1e-5).xs
+        xs = P.simulate(flow, x0, ts, solver=diffrax.Bosh3(), rtol=1e-5, atol=1e-5).xs
         return jax.vmap(mf.moments)(xs)
 
     return jax.jit(jax.vmap(one, in_axes=(0, None)))(jax.random.split(key, seeds), ts)
@@ -214,7 +217,7 @@ def _moment_slope(ns, seeds, key):
             (S[:, -1] - sol.covs[-1]) ** 2, (-2, -1)
         )
         rms.append(float(jnp.sqrt(jnp.mean(err2))))
-    return mf.fit_power_law(ns, rms)[0]
+    return M.fit_power_law(ns, rms)[0]
 
 
 def test_moment_error_slope_is_minus_one_half(key):
@@ -233,9 +236,9 @@ def test_moment_error_slope_up_to_4096(key):
 
 def test_closed_form_errors_name_the_problem():
     with pytest.raises(ValueError, match="normalization='softmax'"):
-        mf.affine_field(P.SelfAttention.identity(2, normalization="unnormalized"), M0, S0)
+        mf.affine_field(P.Attention.identity(2, normalization=P.Unnormalized()), M0, S0)
     with pytest.raises(ValueError, match="no causal version"):
-        mf.affine_field(P.SelfAttention.identity(2, causal=True), M0, S0)
+        mf.affine_field(P.Attention.identity(2, causal=True), M0, S0)
     with pytest.raises(ValueError, match="cov must have shape"):
         mf.affine_field(_attention(), M0, jnp.eye(3))
     with pytest.raises(ValueError, match="positive semidefinite"):
@@ -274,7 +277,7 @@ def test_circle_velocity_is_the_particle_field(normalization, key, x64):
     rho = _bumpy(cells)
     u = np.asarray(mf.circle_velocity(rho, beta, normalization))
     faces = jnp.arange(cells) * (2 * math.pi / cells)
-    attention = P.SelfAttention.identity(2, beta, normalization=normalization)
+    attention = P.Attention.identity(2, beta, normalization=normalization)
     flow = P.AttentionFlow(attention, P.Sphere())
     seeds, n = 8, 10000
 
@@ -298,8 +301,10 @@ def test_circle_solver_matches_particles_in_w1(key):
     ts = jnp.array([0.0, 0.75, 1.5])
     sol = mf.circle_flow(rho, ts, beta=1.0)
     angles0 = mf.circle_sample(key, n, rho)
-    flow = P.AttentionFlow(P.SelfAttention.identity(2, 1.0), P.Sphere())
-    xs = P.simulate(flow, mf.circle_points(angles0), ts, solver="bosh3", rtol=1e-5, atol=1e-5).xs
+    flow = P.AttentionFlow(P.Attention.identity(2, 1.0), P.Sphere())
+    xs = P.simulate(
+        flow, mf.circle_points(angles0), ts, solver=diffrax.Bosh3(), rtol=1e-5, atol=1e-5
+    ).xs
     angles = mf.circle_angles(xs)
     w1 = np.array([float(W.circle_w1_density(angles[i], sol.densities[i])) for i in range(3)])
     # E W1 of n i.i.d. angles is at most int sqrt(F (1 - F) / n) dtheta <= pi / sqrt(n)
@@ -324,7 +329,7 @@ def test_circle_errors_name_the_argument():
     with pytest.raises(ValueError, match="limiter must be one of"):
         mf.circle_flow(_bumpy(16), jnp.array([0.0, 1.0]), limiter="superbee")
     with pytest.raises(ValueError, match="normalization must be one of"):
-        mf.circle_flow(_bumpy(16), jnp.array([0.0, 1.0]), normalization="sinkhorn")
+        mf.circle_flow(_bumpy(16), jnp.array([0.0, 1.0]), normalization=P.Sinkhorn())
     with pytest.raises(ValueError, match="cells must be an int >= 4"):
         mf.circle_grid(2)
 
@@ -335,7 +340,7 @@ def test_circle_errors_name_the_argument():
 
 
 def test_causal_flow_converges_at_rate_one_over_n(x64):
-    attention = P.SelfAttention.random(jax.random.key(3), 2, beta=2.0, causal=True)
+    attention = P.Attention.random(jax.random.key(3), 2, beta=2.0, causal=True)
     flow = P.AttentionFlow(attention)
     ts = jnp.array([0.0, 1.0])
 
@@ -349,7 +354,7 @@ def test_causal_flow_converges_at_rate_one_over_n(x64):
     ref = final(512)
     ns = [16, 32, 64]
     errors = [float(mf.causal_error(final(n), ref)) for n in ns]
-    slope, _ = mf.fit_power_law(ns, errors)
+    slope, _ = M.fit_power_law(ns, errors)
     assert -1.2 < slope < -0.8
     with pytest.raises(ValueError, match="multiple of n"):
         mf.causal_error(jnp.zeros((3, 2)), ref)
@@ -359,7 +364,7 @@ def test_stability_study_respects_the_coupling_bounds(key, x64):
     flow = P.AttentionFlow(_attention())
     x0 = P.clouds.gaussian(key, 16, M0, S0).astype(jnp.float64)
     y0 = x0 + 1e-4 * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
-    st = mf.stability(flow, x0, y0, jnp.linspace(0.0, 1.0, 3))
+    st = S.stability(flow, x0, y0, jnp.linspace(0.0, 1.0, 3))
     # the perturbation is far below the spacing of the points: the identity coupling is optimal
     assert abs(float(st.w2[0] - st.coupling[0])) < 1e-12
     assert np.all(np.asarray(st.w2) <= np.asarray(st.coupling) * (1 + 1e-10))
@@ -370,10 +375,10 @@ def test_stability_study_respects_the_coupling_bounds(key, x64):
 
 def test_fit_power_law_recovers_a_power_and_rejects_bad_data():
     ns = np.array([10.0, 20.0, 40.0])
-    slope, c = mf.fit_power_law(ns, 3 * ns**-0.5)
+    slope, c = M.fit_power_law(ns, 3 * ns**-0.5)
     assert abs(slope + 0.5) < 1e-12 and abs(c - 3) < 1e-12
     with pytest.raises(ValueError, match="positive and finite"):
-        mf.fit_power_law(ns, np.array([1.0, 0.0, 1.0]))
+        M.fit_power_law(ns, np.array([1.0, 0.0, 1.0]))
 
 
 # --------------------------------------------------------------------------------------
@@ -437,7 +442,7 @@ def test_experiment_configs_reject_bad_values():
     with pytest.raises(ValueError, match="max_log2_n must be >= 7"):
         GaussianConfig(min_log2_n=6, max_log2_n=6)
     with pytest.raises(ValueError, match="solver must be an adaptive solver"):
-        GaussianConfig(solver="euler")
+        GaussianConfig(solver=diffrax.Euler())
     with pytest.raises(ValueError, match="modes must lie in"):
         CircleConfig(modes=0.9)
 
@@ -446,7 +451,7 @@ def test_chaos_study_exact_w2_bounds_the_sliced_one_and_stops_at_exact_max_n(key
     # With one reference for both, sliced W2 <= exact W2 member by member: each projected
     # 1-D distance is at most W2 (projections are 1-Lipschitz), and the sliced value is
     # their root mean square. Above exact_max_n the exact distance is not computed (NaN).
-    study = mf.propagation_of_chaos(
+    study = S.propagation_of_chaos(
         key,
         _attention(),
         M0,
@@ -456,7 +461,7 @@ def test_chaos_study_exact_w2_bounds_the_sliced_one_and_stops_at_exact_max_n(key
         seeds=3,
         reference=256,
         exact_max_n=16,
-        solver="bosh3",
+        solver=diffrax.Bosh3(),
         rtol=1e-5,
         atol=1e-5,
     )
@@ -468,7 +473,7 @@ def test_chaos_study_exact_w2_bounds_the_sliced_one_and_stops_at_exact_max_n(key
     # far from zero: 16 points against 256 (a loose sanity bound on a 2-D Gaussian cloud)
     assert np.all((exact[0] > 0.05) & (exact[0] < 1.5))
     with pytest.raises(ValueError, match="exact_reference must be an int in"):
-        mf.propagation_of_chaos(
+        S.propagation_of_chaos(
             key,
             _attention(),
             M0,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import particles as P
-from particles import networks
+from particles import metrics, studies
 
 D, N, T = 3, 6, 1.0
 
@@ -21,11 +21,9 @@ D, N, T = 3, 6, 1.0
 @eqx.filter_jit
 def _draw(key, pieces):
     k = jax.random.split(key, 4)
-    attention = P.SelfAttention.random(k[0], D)
+    attention = P.Attention.random(k[0], D)
     feedforward = P.FeedForward.random(k[1], D, 8, "tanh")
-    layers = eqx.filter_vmap(lambda kk: P.SelfAttention.random(kk, D))(
-        jax.random.split(k[2], pieces)
-    )
+    layers = eqx.filter_vmap(lambda kk: P.Attention.random(kk, D))(jax.random.split(k[2], pieces))
     x0 = P.clouds.sphere_uniform(k[3], N, D)
     return attention, feedforward, layers, x0
 
@@ -52,7 +50,7 @@ def test_euler_network_equals_fixed_step_diffrax_euler(x64, prenorm):
     L = 16
     net = P.ResidualNetwork(flow, L, T)
     xs = net(x0)
-    ref = P.simulate(flow, x0, net.times(x0.dtype), solver="euler", dt=T / L)
+    ref = P.simulate(flow, x0, net.times(x0.dtype), solver=diffrax.Euler(), dt=T / L)
     assert xs.shape == (L + 1, N, D)
     assert np.array_equal(np.asarray(xs[0]), np.asarray(x0))
     assert float(jnp.max(jnp.abs(xs - ref.xs))) < 1e-12
@@ -63,16 +61,16 @@ def test_convergence_orders_of_shared_weight_networks(x64):
     attention, _, _, x0 = _parts()
     flow = P.AttentionFlow(attention)
     reference = P.simulate(
-        flow, x0, jnp.array([0.0, T]), solver="dopri8", rtol=1e-12, atol=1e-12
+        flow, x0, jnp.array([0.0, T]), solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12
     ).final
     windows = {"euler": (-1.15, -0.85), "heun": (-2.2, -1.8), "rk4": (-4.3, -3.7)}
     depths = {"euler": [16, 32, 64], "heun": [8, 16, 32], "rk4": [4, 8, 16]}
     for scheme, (lo, hi) in windows.items():
-        errors = networks.final_errors(
+        errors = studies.final_errors(
             flow, x0, depths[scheme], T, scheme=scheme, reference=reference
         )
         assert float(jnp.min(errors)) > 1e-8
-        slope = networks.loglog_slope(depths[scheme], errors)
+        slope = metrics.fit_power_law(depths[scheme], errors)[0]
         assert lo <= slope <= hi, (scheme, slope, errors)
 
 
@@ -89,8 +87,8 @@ def test_convergence_order_one_of_normalised_and_split_networks(x64, variant):
         "strang": (P.AttentionFlow(attention, feedforward=feedforward), "strang"),
     }[variant]
     depths = [16, 32, 64, 128]
-    errors = networks.final_errors(flow, x0, depths, T, scheme=scheme)
-    assert -1.15 <= networks.loglog_slope(depths, errors) <= -0.85
+    errors = studies.final_errors(flow, x0, depths, T, scheme=scheme)
+    assert -1.15 <= metrics.fit_power_law(depths, errors)[0] <= -0.85
     if variant == "post-norm":
         xs = P.ResidualNetwork(flow, 64, T)(x0)
         assert float(jnp.max(P.sphere_drift(xs))) <= 4 * float(jnp.finfo(jnp.float64).eps)
@@ -131,13 +129,13 @@ def test_per_layer_network_converges_to_layered_flow(x64):
     _, _, layers, x0 = _parts(pieces=3)
     flow = P.AttentionFlow(P.Layered(layers, T))
     depths = [3 * k for k in (8, 16, 32)]
-    errors = networks.final_errors(flow, x0, depths, T)
-    assert -1.15 <= networks.loglog_slope(depths, errors) <= -0.85
+    errors = studies.final_errors(flow, x0, depths, T)
+    assert -1.15 <= metrics.fit_power_law(depths, errors)[0] <= -0.85
 
 
 def test_layered_at_boundaries_picks_the_layer_that_starts_there():
     # floor(t / step) put t = step in layer 0 once XLA rewrote t / step as t * (1 / step).
-    layers = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, 2))(
+    layers = eqx.filter_vmap(lambda k: P.Attention.random(k, 2))(
         jax.random.split(jax.random.key(1), 3)
     )
     layered = P.Layered(layers, 0.3)
@@ -154,10 +152,12 @@ def test_error_along_depth_halves_with_depth(x64):
     attention, _, _, x0 = _parts()
     flow = P.AttentionFlow(attention)
     fine_net = P.ResidualNetwork(flow, 32, T)
-    fine = networks.depth_error(fine_net, x0)
+    fine = studies.depth_error(fine_net, x0)
     assert fine.shape == (33,) and float(fine[0]) == 0.0
     # the coarse network at the same times t_l = l h: every other time of the fine grid
-    ref = P.simulate(flow, x0, fine_net.times(x0.dtype), solver="dopri8", rtol=1e-12, atol=1e-12)
+    ref = P.simulate(
+        flow, x0, fine_net.times(x0.dtype), solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-12
+    )
     assert jnp.allclose(fine, jnp.max(jnp.linalg.norm(fine_net(x0) - ref.xs, axis=-1), -1))
     coarse_xs = P.ResidualNetwork(flow, 16, T)(x0)
     coarse = jnp.max(jnp.linalg.norm(coarse_xs - ref.xs[::2], axis=-1), axis=-1)
@@ -190,12 +190,12 @@ def test_network_under_jit_and_vmap(key):
 
 def test_loglog_slope_reads_a_power_law():
     depths = np.array([4, 8, 16, 32, 64])
-    assert networks.loglog_slope(depths, 3.0 * depths**-2.0) == pytest.approx(-2.0, abs=1e-12)
+    assert metrics.fit_power_law(depths, 3.0 * depths**-2.0) == pytest.approx(-2.0, abs=1e-12)
     # points at the floor are left out of the fit
     errors = np.maximum(depths**-4.0, 1e-5)
-    assert networks.loglog_slope(depths, errors, floor=1.5e-5) == pytest.approx(-4.0, abs=1e-12)
+    assert metrics.fit_power_law(depths, errors, floor=1.5e-5) == pytest.approx(-4.0, abs=1e-12)
     with pytest.raises(ValueError, match="at least two points above floor"):
-        networks.loglog_slope(depths, errors, floor=1e-2)
+        metrics.fit_power_law(depths, errors, floor=1e-2)
 
 
 @pytest.mark.parametrize("depth", [0, -3, 2.5, 4.0, True, "8", None])

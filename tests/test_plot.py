@@ -5,6 +5,7 @@ requested frames, colours follow clusters, and `sims animate` / `sims plot` redr
 from __future__ import annotations
 
 import base64
+import os
 import time
 
 import imageio.v3 as iio
@@ -16,7 +17,11 @@ import pytest
 
 import particles as P
 from particles import plot
-from particles.analysis import track_clusters
+from particles.metrics import track_clusters
+
+# reading videos back spawns ffmpeg; JAX warns on any fork once it has started, but the
+# child execs at once and never runs JAX code
+pytestmark = pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 
 
 def _sphere(rng, T, n, d):
@@ -179,6 +184,99 @@ def test_single_frame_cluster_colours_rank_clusters_by_size():
         plot.cluster_colors(np.zeros(3))
 
 
+def _label_process(seed, n=60, T=40):
+    """Cluster labels `(T, n)` as `track_clusters` numbers them: 30 pairs at first (more
+    live clusters than tab10 has colours), then random merges (the larger label lives on)
+    and splits (part of a cluster leaves under a fresh label, never reused)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) // 2
+    fresh = labels.max() + 1
+    frames = [labels.copy()]
+    for _ in range(1, T):
+        labels = labels.copy()
+        live = np.unique(labels)
+        if len(live) > 1:
+            a, b = rng.choice(live, 2, replace=False)
+            labels[labels == b] = a
+        if rng.random() < 0.3:
+            members = np.flatnonzero(labels == rng.choice(live))
+            if len(members) >= 2:
+                labels[members[: len(members) // 2]] = fresh
+                fresh += 1
+        frames.append(labels)
+    return np.stack(frames)
+
+
+def _coloured(labels, rgba, grey=None):
+    """Per frame, {label: colour} of the clusters drawn in colour (not the singleton grey)."""
+    out = []
+    for t in range(labels.shape[0]):
+        frame = {}
+        for label in np.unique(labels[t]):
+            colours = np.unique(rgba[t][labels[t] == label], axis=0)
+            assert len(colours) == 1  # one colour per cluster in a frame
+            if grey is None or not np.allclose(colours[0], grey):
+                frame[int(label)] = tuple(colours[0])
+        out.append(frame)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("singletons", [None, "0.65"])
+def test_clusters_alive_at_the_same_time_never_share_a_colour(seed, singletons):
+    labels = _label_process(seed)
+    rgba = plot.cluster_colors(labels, singletons=singletons)
+    grey = None if singletons is None else matplotlib.colors.to_rgba(singletons)
+    frames = _coloured(labels, rgba, grey)
+    busiest = max(len(f) for f in frames)
+    assert busiest > 10  # more live clusters than tab10 has colours
+    for t, frame in enumerate(frames):
+        assert len(set(frame.values())) == len(frame), f"two live clusters share a colour at {t}"
+    # a label keeps its colour for the whole trajectory
+    for label in np.unique(labels):
+        assert len(np.unique(rgba[labels == label][:, :3].round(12), axis=0)) <= 1 + (
+            singletons is not None
+        )
+    # the palette is extended only as far as needed: as many colours as live clusters at
+    # the busiest frame, colours of merged-away clusters being passed on
+    used = {c for frame in frames for c in frame.values()}
+    assert len(used) == busiest
+    assert len({frame[k] for frame in frames for k in frame}) == busiest
+    # the clusters of the last frame own the first colours of tab10, largest first
+    last = frames[-1]
+    sizes = {k: int(np.sum(labels[-1] == k)) for k in last}
+    ranked = sorted(last, key=lambda k: (-sizes[k], k))
+    tab10 = [  # less its grey when singletons are grey
+        c
+        for c in matplotlib.colormaps["tab10"].colors
+        if singletons is None or np.linalg.norm(np.subtract(c, 0.65)) >= 0.3
+    ]
+    np.testing.assert_allclose([last[k][:3] for k in ranked], tab10[: len(ranked)])
+
+
+def test_a_colour_passes_on_only_after_its_cluster_is_gone():
+    # clusters A, B live in frames 0-1; B merges into A at frame 2; C forms at frame 3
+    labels = np.array(
+        [
+            [0, 0, 0, 1, 1, 2, 3],
+            [0, 0, 0, 1, 1, 2, 3],
+            [0, 0, 0, 0, 0, 2, 3],
+            [0, 0, 0, 0, 0, 4, 4],
+        ]
+    )
+    rgba = plot.cluster_colors(labels, singletons="0.5")
+    tab10 = matplotlib.colormaps["tab10"].colors
+    np.testing.assert_allclose(rgba[0, 0, :3], tab10[0])  # A: the final cluster
+    np.testing.assert_allclose(rgba[0, 3, :3], tab10[1])  # B, alive with A
+    np.testing.assert_allclose(rgba[3, 5, :3], tab10[1])  # C takes B's colour once B is gone
+    np.testing.assert_allclose(rgba[:3, 5], [matplotlib.colors.to_rgba("0.5")] * 3)
+    # 25 clusters at once: 25 different colours, no palette entry close to the grey
+    many = plot.cluster_colors(np.arange(50)[None] // 2, singletons="0.65")[0]
+    distinct = np.unique(many[::2], axis=0)
+    assert len(distinct) == 25
+    assert np.min(np.linalg.norm(distinct[:, :3] - 0.65, axis=1)) >= 0.3
+
+
 def test_colour_by_value_uses_one_norm_for_the_whole_trajectory():
     ts, xs = _merging()
     values = np.arange(32.0).reshape(4, 8)
@@ -189,6 +287,152 @@ def test_colour_by_value_uses_one_norm_for_the_whole_trajectory():
     renderer.render(0)
     got = renderer.scene.panels[0].front.get_facecolors()
     np.testing.assert_allclose(got[0], matplotlib.colormaps["viridis"](0.0))
+
+
+# --------------------------------------------------------------------------- words, titles, scales
+
+TITLE = r"sphere-clustering: n = 256, d = 3, $\beta$ = 9, normalization = softmax"
+
+
+def _texts_outside(fig, renderer=None):
+    """Titles (of the figure, its subfigures and its axes) and axis labels whose drawn box
+    leaves the figure, as `(text, bounds)`."""
+    if renderer is None:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+    texts = [
+        f._suptitle for f in fig.findobj(lambda a: isinstance(a, matplotlib.figure.FigureBase))
+    ]
+    for ax in fig.findobj(lambda a: isinstance(a, matplotlib.axes.Axes)):
+        texts += [ax.title, ax._left_title, ax._right_title]
+        if ax.axison:
+            texts += [ax.xaxis.label, ax.yaxis.label]
+    width, height = fig.bbox.width, fig.bbox.height
+    outside = []
+    for text in texts:
+        if text is None or not text.get_visible() or not text.get_text().strip():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5:
+            outside.append((text.get_text(), box.bounds))
+    return outside
+
+
+def test_every_title_lies_inside_its_figure():
+    ts = np.linspace(0, 10, 5)
+    xs = _cloud("sphere", T=5, n=40)
+    metrics = {"clusters": np.array([40, 20, 8, 5, 3.0]), "mean_cosine": ts / 10}
+    figures = {
+        "final_state": plot.final_state(ts, xs, title=TITLE, dpi=110),
+        "summary": plot.summary_figure(ts, xs, metrics, title=TITLE),
+        "frame with metrics": plot.frame(ts, xs, 2, metrics=metrics, title=TITLE),
+        "narrow": plot.final_state(ts, xs, title=TITLE + ", " + TITLE, size=(2.0, 2.4)),
+    }
+    for name, fig in figures.items():
+        assert _texts_outside(fig) == [], name
+    # the long title is wrapped at a comma, not shrunk below legibility
+    suptitle = figures["final_state"]._suptitle
+    assert suptitle.get_text().count("\n") == 1 and suptitle.get_fontsize() >= 10
+    assert suptitle.get_text().replace("\n", " ") == TITLE
+    plt.close("all")
+    # frames drawn by the animation renderer, layout computed once
+    renderer = plot.Renderer(ts, xs, metrics=metrics, title=TITLE, dpi=40)
+    renderer.render(4)
+    assert _texts_outside(renderer.fig, renderer.canvas.get_renderer()) == []
+    gauss = plot.Renderer(
+        ts,
+        _cloud("plane", T=5),
+        scene=plot.GaussianScene,
+        means=np.zeros((5, 2)),
+        covs=np.tile(np.eye(2), (5, 1, 1)),
+        title=TITLE,
+        size=(3.0, 3.0),
+        dpi=50,
+    )
+    gauss.render(0)
+    assert _texts_outside(gauss.fig, gauss.canvas.get_renderer()) == []
+
+
+def test_a_title_that_fits_is_left_alone():
+    fig = plot.final_state(np.arange(2.0), _cloud("sphere", T=2), title="short", dpi=50)
+    assert fig._suptitle.get_text() == "short" and fig._suptitle.get_fontsize() == 12
+    plt.close(fig)
+    # commas inside mathtext are not break points
+    fig = plt.figure(figsize=(1.5, 1.0))
+    text = fig.suptitle(r"$f(a, b, c, d)$, then words, and more words")
+    plot.fit_title(text)
+    assert text.get_text().startswith("$f(a, b, c, d)$,\n")
+    plt.close(fig)
+    # without commas, between words, before any shrinking
+    fig = plt.figure(figsize=(1.6, 1.6), dpi=100)
+    text = fig.suptitle("the flow of many tokens on the sphere over time")
+    plot.fit_title(text)
+    assert text.get_fontsize() == 12 and text.get_text().count("\n") >= 2
+    assert text.get_text().replace("\n", " ") == "the flow of many tokens on the sphere over time"
+    assert _texts_outside(fig) == []
+    plt.close(fig)
+
+
+def test_metric_panels_are_titled_in_words_with_units():
+    ts = np.linspace(0, 10, 6)
+    series = {
+        "energy": ts,
+        "clusters": np.array([256, 40, 7, 6, 6, 5.0]),
+        "mean_cosine": ts / 10,
+        "my_new_metric": ts,
+    }
+    axes = plot.metric_curves(ts, series)
+    assert [ax.get_title() for ax in axes] == [
+        "interaction energy",
+        "number of clusters",
+        "mean pairwise cosine",
+        "my new metric",  # unknown key: underscores become spaces
+    ]
+    assert axes[0].get_ylabel() == r"$E_\beta$" and axes[3].get_ylabel() == ""
+    assert plot.metric_label("sphere_drift").title == "distance off the sphere"
+    assert plot.metric_label("a_b").title == "a b" and plot.metric_label("a_b").scale == "linear"
+    # the same words in the animation's metric panels and in run_curves
+    renderer = plot.Renderer(ts, _cloud("sphere", T=6), metrics=series, dpi=30)
+    panels = [p.cursor.axes for p in renderer.scene.panels if hasattr(p, "cursor")]
+    assert [ax.get_title() for ax in panels] == [ax.get_title() for ax in axes]
+    # four panels beside a 4.2 in cloud keep a readable height (they were squeezed to 5 %
+    # of the figure by a gridspec spacing on top of the layout's), one time axis at the bottom
+    heights = [ax.get_position().height for ax in panels]
+    assert min(heights) > 0.13
+    assert [ax.get_xlabel() for ax in panels] == ["", "", "", "time t"]
+    assert [ax.get_yscale() for ax in panels] == ["linear", "log", "linear", "linear"]
+    curves = plot.run_curves(ts, {"effective_rank": np.stack([ts, ts])}, labels=["a", "b"])
+    assert curves[0].get_title() == "effective rank"
+    plt.close("all")
+
+
+def test_cluster_counts_are_drawn_on_a_log_axis_that_shows_the_plateaus():
+    # 256 tokens gather into 6 clusters, which merge to 5 then 4: the plateaus at the end
+    ts = np.linspace(0, 30, 151)
+    counts = np.where(ts < 8, 256 * np.exp(-0.48 * ts), 6.0)
+    counts = np.where(ts > 22, 5.0, counts)
+    counts = np.where(ts > 28, 4.0, np.maximum(counts, 4.0)).round()
+    for ax in (
+        plot.metric_curves(ts, {"clusters": counts})[0],
+        plot.run_curves(ts, {"clusters": counts})[0],
+        plot.summary_figure(ts, _cloud("sphere", T=151, n=8), {"clusters": counts}).axes[-1],
+    ):
+        assert ax.get_yscale() == "log"
+        ax.figure.canvas.draw()
+        lo, hi = ax.get_ylim()
+        assert lo <= 4 and hi >= 256
+        # one merge (6 -> 5 clusters) moves the curve by over 3 % of the panel's height;
+        # on the old linear axis from 0 to 256 it moved by 0.4 %
+        y = ax.transAxes.inverted().transform(ax.transData.transform([[1, 5], [1, 6]]))[:, 1]
+        assert y[1] - y[0] > 0.03
+        labels = {t.get_text() for t in ax.get_yticklabels() if lo <= t.get_position()[1] <= hi}
+        assert {"5", "10", "20", "50", "100", "200"} <= labels
+    # a series that touches zero keeps a linear axis instead of losing its points
+    ax = plot.run_curves(ts, {"clusters": counts - 4}, logy=())[0]
+    assert ax.get_yscale() == "linear"
+    ax = plot.run_curves(ts, {"energy": ts + 1}, logy=("energy",))[0]
+    assert ax.get_yscale() == "log"
+    plt.close("all")
 
 
 def test_sphere_far_side_is_dimmed_and_trails_fade():
@@ -291,6 +535,21 @@ def test_inline_video_and_javascript_player():
     assert player.kind == "jshtml" and player._repr_html_().count("data:image/png;base64,") == 3 + 1
 
 
+def test_inline_animations_save_what_they_show(tmp_path):
+    ts, xs = np.arange(3.0), _cloud("circle", T=3)
+    gif = plot.animate(ts, xs, tmp_path / "a.gif", dpi=20, progress=False)
+    shown = plot.inline(gif, width=100)
+    assert shown.kind == "gif" and 'width="100"' in shown._repr_html_()
+    # the saved copy is the GIF itself (it used to be written as an HTML page)
+    assert shown.save(tmp_path / "copy.gif").read_bytes() == gif.read_bytes()
+    video = plot.animate(ts, xs, dpi=20, progress=False, embed="video")
+    assert video.save(tmp_path / "v.mp4").read_bytes()[4:8] == b"ftyp"
+    page = plot.animate(ts, xs, dpi=20, progress=False, embed="jshtml").save(tmp_path / "p.html")
+    assert page.read_text().startswith("<!DOCTYPE html>")
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~_umask()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "copy.gif", "p.html", "v.mp4"]
+
+
 def test_bad_arguments_raise_before_rendering(tmp_path):
     ts, xs = np.arange(4.0), _cloud("plane")
     cases = [
@@ -310,6 +569,123 @@ def test_bad_arguments_raise_before_rendering(tmp_path):
     with pytest.raises(ValueError, match=r"xs\[1\] must have shape \(T, n, d\)"):
         plot.animate(ts, [xs, xs[0]], tmp_path / "a.mp4")
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- one pipeline
+
+
+def _gaussian(T=5, n=80):
+    """Particles `(T, n, 2)` and the moments `N(m(t), S(t))` they are drawn over: a mean
+    moving right, a covariance stretching along x; frame 3 has no finite moments."""
+    rng = np.random.default_rng(4)
+    means = np.stack([np.linspace(0, 2, T), np.zeros(T)], 1)
+    covs = np.stack([np.diag([1 + t, 0.5]) for t in range(T)])
+    xs = means[:, None] + rng.normal(size=(T, n, 2)) @ np.sqrt(covs)
+    means[3], covs[3] = np.nan, np.nan
+    return np.linspace(0, 1, T), xs, means, covs
+
+
+def _circle(T=4, n=300, cells=32):
+    rng = np.random.default_rng(5)
+    angles = rng.vonmises(1.0, np.linspace(0.5, 4, T)[:, None], size=(T, n))
+    theta = (np.arange(cells) + 0.5) * 2 * np.pi / cells
+    densities = np.exp(np.cos(theta - 1.0)[None] * np.linspace(0.5, 4, T)[:, None])
+    densities /= densities.sum(1, keepdims=True) * (2 * np.pi / cells)
+    return np.arange(float(T)), angles, theta, densities
+
+
+def test_gaussian_scene_draws_the_level_ellipses_of_each_frame():
+    ts, xs, means, covs = _gaussian()
+    renderer = plot.Renderer(
+        ts, xs, scene=plot.GaussianScene, means=means, covs=covs, radii=(1, 2), dpi=30
+    )
+    scene = renderer.scene
+    assert isinstance(scene, plot.AbstractScene)
+    for i in (0, 4):
+        renderer.render(i)
+        np.testing.assert_allclose(scene.cloud.front.get_offsets(), xs[i])
+        for line, r in zip(scene.lines, (1, 2), strict=True):
+            z = np.stack(line.get_data(), 1) - means[i]
+            # (x - m)^T S^-1 (x - m) = r^2 on every drawn point
+            np.testing.assert_allclose(np.einsum("pi,ij,pj->p", z, np.linalg.inv(covs[i]), z), r**2)
+    renderer.render(3)  # no finite moments: particles only
+    assert all(len(line.get_xdata()) == 0 for line in scene.lines)
+    assert scene.time.texts[0].get_text() == "t = 0.75"
+    with pytest.raises(ValueError, match=r"means and covs must have shapes \(T, 2\) and"):
+        plot.Renderer(ts, xs, scene=plot.GaussianScene, means=means[:2], covs=covs, dpi=30)
+
+
+def test_circle_scene_draws_histograms_over_the_density():
+    ts, angles, theta, densities = _circle()
+    renderer = plot.Renderer(
+        ts, angles, scene=plot.CircleScene, theta=theta, densities=densities, bins=16, dpi=30
+    )
+    scene = renderer.scene
+    for i in range(4):
+        renderer.render(i)
+        heights = scene.stairs.get_data().values
+        expected = np.histogram(np.mod(angles[i], 2 * np.pi), 16, (0, 2 * np.pi), density=True)
+        np.testing.assert_allclose(heights, expected[0])
+        assert np.sum(heights) * 2 * np.pi / 16 == pytest.approx(1.0)
+        np.testing.assert_array_equal(scene.line.get_ydata(), densities[i])
+    # the axis holds the highest histogram bar and density of every frame
+    assert scene.ax.get_ylim()[1] >= max(scene.hist.max(), densities.max())
+
+
+@pytest.mark.parametrize("kind", ["clouds", "gaussian", "circle"])
+def test_every_scene_goes_through_one_atomic_writer(kind, tmp_path):
+    ts, xs, means, covs = _gaussian()
+    cts, angles, theta, densities = _circle()
+    make = {
+        "clouds": lambda path, **kw: plot.animate(ts, xs, path, **kw),
+        "gaussian": lambda path, **kw: plot.gaussian_animation(ts, xs, means, covs, path, **kw),
+        "circle": lambda path, **kw: plot.circle_animation(
+            cts, angles, theta, densities, path, **kw
+        ),
+    }[kind]
+    T = len(cts) if kind == "circle" else len(ts)
+    old = os.umask(0o027)
+    try:
+        mp4 = make(tmp_path / "a.mp4", resolution=(192, 128), dpi=50, fps=4, progress=False)
+        gif = make(tmp_path / "a.gif", frames=[0, -1], dpi=20, progress=False)
+    finally:
+        os.umask(old)
+    assert iio.imread(mp4).shape == (T, 128, 192, 3)
+    assert iio.imread(gif).shape[0] == 2
+    # created like any file under the umask (0666 & ~0o027), not with mkstemp's 0600
+    assert [p.stat().st_mode & 0o777 for p in (mp4, gif)] == [0o640, 0o640]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif", "a.mp4"]  # no temporaries
+    inline = make(None, dpi=20, progress=False, embed="jshtml")
+    assert inline.kind == "jshtml" and inline._repr_html_().count("data:image/png") == T + 1
+    with pytest.raises(ValueError, match=r"path must end in .mp4 or .gif; got a.avi"):
+        make(tmp_path / "a.avi", progress=False)
+    with pytest.raises(ValueError, match=r"fps must be > 0"):
+        make(tmp_path / "b.mp4", fps=0, progress=False)
+    assert not (tmp_path / "b.mp4").exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    frame = np.zeros((20, 30, 3), np.uint8)
+    for suffix in (".mp4", ".gif"):
+        path = plot.write(tmp_path / f"v{suffix}", [frame, frame + 255], fps=5)
+        before = path.read_bytes()
+        assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+        def broken():
+            yield frame
+            yield frame
+            raise RuntimeError("the renderer failed")
+
+        with pytest.raises(RuntimeError, match="the renderer failed"):
+            plot.write(path, broken(), fps=5)
+        assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.gif", "v.mp4"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --------------------------------------------------------------------------- sims CLI
@@ -332,9 +708,9 @@ def saved_run(tmp_path):
         ts=jnp.asarray(ts),
         xs=jnp.asarray(xs),
         weights=jnp.full(16, 1 / 16),
-        num_steps=jnp.asarray(10),
-        num_accepted=jnp.asarray(10),
-        num_rejected=jnp.asarray(0),
+        stats=P.Stats(
+            num_steps=jnp.asarray(10), num_accepted=jnp.asarray(10), num_rejected=jnp.asarray(0)
+        ),
         result=diffrax.RESULTS.successful,
     )
     directory = tmp_path / "run"

@@ -38,9 +38,9 @@ def test_quickstart_runs_and_prints_what_it_says(tmp_path, monkeypatch):
 def _largest_decrease(rtol: float) -> tuple[float, float]:
     """The quickstart's run: largest decrease of E between saved times, and max E."""
     x0 = P.clouds.sphere_uniform(jax.random.key(0), 128, 3)
-    flow = P.AttentionFlow(P.SelfAttention.identity(3, beta=9.0), P.Sphere())
+    flow = P.AttentionFlow(P.Attention.identity(3, beta=9.0), P.Sphere())
     trajectory = P.simulate(flow, x0, jnp.linspace(0, 20, 101), rtol=rtol, atol=rtol)
-    energy = np.asarray(P.analysis.over_time(P.analysis.interaction_energy, trajectory.xs, 9.0))
+    energy = np.asarray(P.metrics.over_time(P.metrics.interaction_energy, trajectory.xs, 9.0))
     return max(0.0, -float(np.diff(energy).min())), float(energy.max())
 
 

@@ -1,13 +1,13 @@
-"""`analysis.track_clusters`: labels that follow clusters through merges and splits."""
+"""`metrics.track_clusters`: labels that follow clusters through merges and splits."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
+from particles.analysis import track_clusters
 
 import particles as P
-from particles.analysis import track_clusters
 
 
 def _merging_trajectory():
@@ -86,7 +86,7 @@ def test_permuting_tokens_permutes_labels():
     np.testing.assert_array_equal(permuted, labels[:, perm])
     # each frame's partition is exactly the one of cluster_labels
     for t in (0, 12, 24):
-        comp = np.asarray(P.analysis.cluster_labels(xs[t], 0.05))
+        comp = np.asarray(P.metrics.cluster_labels(xs[t], 0.05))
         assert _same_up_to_renaming(comp, labels[t])
 
 

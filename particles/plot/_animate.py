@@ -1,11 +1,12 @@
-"""Animations of trajectories: MP4 (libx264, yuv420p) through imageio-ffmpeg, GIF, or
-inline in a notebook.
+"""The animation pipeline: one renderer and one writer for every scene.
 
-Frames are rendered by blitting: the static parts of the figure (axes, sphere, metric
-curves) are drawn once, and each frame restores that background and redraws only the
-artists that move (point collections, trails, heat maps, cursors, labels), whose data are
-changed in place. The RGB buffer of each frame goes straight to the encoder: ffmpeg's
-libx264 through `imageio_ffmpeg.write_frames`, or Pillow for GIF.
+A scene (`particles.plot.AbstractScene`: particle clouds, particles over Gaussian level
+sets, densities on the circle) is drawn by a `Renderer` by blitting: the static parts of
+the figure (axes, sphere, metric curves, legends) are drawn once, and each frame restores
+that background and redraws only the artists that move, whose data are changed in place.
+The RGB buffer of each frame goes straight to one writer: MP4 (libx264, yuv420p) through
+the ffmpeg binary of imageio-ffmpeg, GIF through Pillow, or an inline notebook animation.
+Files are written atomically: complete in a temporary file beside the target, then renamed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import base64
 import html
 import io
 import os
+import secrets
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,7 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from ._figures import VIEW, Scene, _default_size
+from ._figures import VIEW, CloudScene
+from ._scene import AbstractScene
 
 
 def ffmpeg_path() -> str:
@@ -38,21 +41,34 @@ def ffmpeg_path() -> str:
 
 
 class Renderer:
-    """Draws the frames of a `Scene` into RGB arrays `(height, width, 3)` by blitting.
+    """Draws the frames of a scene into RGB arrays `(height, width, 3)` by blitting.
 
-    `size` in inches, or `resolution = (width, height)` in pixels (which wins); the frame
-    is exactly `resolution` pixels, or `size * dpi` rounded down.
+    The scene is built as `scene(fig, ts, data, **options)` on a fresh figure: particle
+    clouds by default (`data` a trajectory, options those of `animate`), or any
+    `AbstractScene` such as `GaussianScene` and `CircleScene`. `size` in inches, or
+    `resolution = (width, height)` in pixels (which wins); the frame is exactly
+    `resolution` pixels, or `size * dpi` rounded down.
     """
 
-    def __init__(self, ts, xs, *, size=None, resolution=None, dpi: int = 100, **options):
+    def __init__(
+        self,
+        ts,
+        data,
+        *,
+        scene: type[AbstractScene] = CloudScene,
+        size=None,
+        resolution=None,
+        dpi: int = 100,
+        **options,
+    ):
         if resolution is not None:
             w, h = resolution
             # a quarter pixel more, so that Agg's rounding down lands on the requested size
             size = ((w + 0.25) / dpi, (h + 0.25) / dpi)
-        size = size or _default_size(ts, xs, options.get("metrics"), options.get("attention"))
+        size = size or scene.default_size(ts, data, **options)
         self.fig = Figure(figsize=size, dpi=dpi, layout="constrained")
         self.canvas = FigureCanvasAgg(self.fig)
-        self.scene = Scene(self.fig, ts, xs, **options)
+        self.scene = scene(self.fig, ts, data, **options)
         for artist in self.scene.dynamic:
             artist.set_animated(True)
         self.canvas.draw()
@@ -146,12 +162,13 @@ class InlineAnimation:
         return self.html
 
     def save(self, path: str | Path) -> Path:
+        """Write the video or GIF it holds, or the HTML page of the player, atomically."""
         path = Path(path)
-        if self.kind == "video":
-            path.write_bytes(self.data)
+        if self.data is not None:
+            data = self.data
         else:
-            path.write_text(f"<!DOCTYPE html><html><body>{self.html}</body></html>\n")
-        return path
+            data = f"<!DOCTYPE html><html><body>{self.html}</body></html>\n".encode()
+        return _atomically(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _video_html(data: bytes, width: int) -> str:
@@ -205,6 +222,100 @@ def _check_options(fps, duration, dpi, resolution, crf, n_frames):
         raise ValueError("frames selects no frame")
 
 
+def _check_path(path) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if path.suffix not in (".mp4", ".gif"):
+        raise ValueError(f"path must end in .mp4 or .gif; got {path.name}")
+    return path
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file in the directory of `path`, hidden, with the suffix of `path` (the
+    encoders choose the format by it). It is created with mode 0666 less the umask, as
+    `open` would create `path` itself, so the renamed file gets the usual permissions."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.part{path.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _atomically(path: Path, fill) -> Path:
+    """`fill(tmp)` writes a temporary file beside `path`, which then replaces `path`; on any
+    error the temporary file is removed and `path` is left as it was."""
+    tmp = _temporary_beside(path)
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write(path: str | Path, frames, fps: float, crf: int = 20) -> Path:
+    """Encode RGB frames `(height, width, 3)` (any iterable) to `path`: `.mp4` (libx264,
+    yuv420p, odd sizes padded to even) or `.gif`.
+
+    The file is written atomically: it is complete in a temporary file beside `path`, then
+    renamed, so `path` is either the old file or the whole new one, never a broken video;
+    the temporary file is removed if encoding fails. Returns the path.
+    """
+    path = _check_path(path)
+    if path.suffix == ".mp4":
+        return _atomically(path, lambda tmp: _write_mp4(tmp, frames, fps, crf))
+    return _atomically(path, lambda tmp: _write_gif(tmp, frames, fps))
+
+
+def _animation(
+    scene: type[AbstractScene],
+    ts,
+    data,
+    path,
+    *,
+    fps: float,
+    duration: float | None,
+    frames: Sequence[int] | None,
+    dpi: int,
+    size,
+    resolution,
+    crf: int,
+    embed: str,
+    progress: bool,
+    **options,
+):
+    """The pipeline behind every animation: check the options, build the scene in a
+    `Renderer`, stream its frames to `write` (a file) or to an `InlineAnimation`."""
+    ts = np.asarray(ts, dtype=float)
+    indices = list(range(len(ts))) if frames is None else [range(len(ts))[i] for i in frames]
+    _check_options(fps, duration, dpi, resolution, crf, len(indices))
+    path = _check_path(path)
+    if embed not in ("auto", "video", "jshtml"):
+        raise ValueError(f"embed must be 'auto', 'video' or 'jshtml'; got {embed!r}")
+    if duration is not None:
+        fps = len(indices) / duration
+    renderer = Renderer(ts, data, scene=scene, size=size, resolution=resolution, dpi=dpi, **options)
+    name = path.name if path is not None else "animation"
+    bar = tqdm(total=len(indices), desc=f"rendering {name}", unit="frame", disable=not progress)
+
+    def stream():
+        for i in indices:
+            yield renderer.render(i)
+            bar.update(1)
+
+    try:
+        if path is not None:
+            return write(path, stream(), fps, crf)
+        return _inline(renderer, stream, fps, crf, embed)
+    finally:
+        bar.close()
+
+
 def animate(
     ts,
     xs,
@@ -244,14 +355,17 @@ def animate(
         ts: saved times `(T,)` (or layer indices, with `time_label="layer"`).
         xs: a trajectory `(T, n, d)`, or a list of them on the same times, drawn side by
             side with shared axes.
-        path: `.mp4` (libx264, yuv420p) or `.gif`; `None` returns an `InlineAnimation` for a
-            notebook (HTML5 video, or a JavaScript player if ffmpeg fails).
+        path: `.mp4` (libx264, yuv420p) or `.gif`, written atomically; `None` returns an
+            `InlineAnimation` for a notebook (HTML5 video, or a JavaScript player if ffmpeg
+            fails).
         labels: one panel title per trajectory.
-        metrics: `{name: (T,) or (k, T)}` time series, drawn with a cursor at the frame.
+        metrics: `{name: (T,) or (k, T)}` time series, drawn with a cursor at the frame and
+            titled in words (`particles.plot.metric_label`).
         colors: a colour, RGBA `(n, 4)` / `(T, n, 4)`, or values `(n,)` / `(T, n)` mapped
             through `cmap`; a list of these with one per trajectory.
-        clusters: integer labels `(T, n)` (from `particles.analysis.track_clusters`) or
-            `(n,)`: colour by cluster, the same colour for a cluster in every frame.
+        clusters: integer labels `(T, n)` (from `particles.metrics.track_clusters`) or
+            `(n,)`: colour by cluster (`particles.plot.cluster_colors`): a cluster keeps its
+            colour in every frame, and clusters alive at the same time differ.
         singletons: with `clusters`, the colour of tokens alone in their cluster (e.g.
             `"0.65"`), so that only formed clusters are coloured.
         trail: length in frames of the fading trail behind each token (0: none).
@@ -271,23 +385,20 @@ def animate(
     Returns:
         The path written, or an `InlineAnimation` when `path` is None.
     """
-    ts = np.asarray(ts, dtype=float)
-    indices = list(range(len(ts))) if frames is None else [range(len(ts))[i] for i in frames]
-    _check_options(fps, duration, dpi, resolution, crf, len(indices))
-    if path is not None:
-        path = Path(path)
-        if path.suffix not in (".mp4", ".gif"):
-            raise ValueError(f"path must end in .mp4 or .gif; got {path.name}")
-    if embed not in ("auto", "video", "jshtml"):
-        raise ValueError(f"embed must be 'auto', 'video' or 'jshtml'; got {embed!r}")
-    if duration is not None:
-        fps = len(indices) / duration
-    renderer = Renderer(
+    return _animation(
+        CloudScene,
         ts,
         xs,
+        path,
+        fps=fps,
+        duration=duration,
+        frames=frames,
+        dpi=dpi,
         size=size,
         resolution=resolution,
-        dpi=dpi,
+        crf=crf,
+        embed=embed,
+        progress=progress,
         labels=labels,
         metrics=metrics,
         colors=colors,
@@ -302,34 +413,6 @@ def animate(
         time_label=time_label,
         time_format=time_format,
     )
-    name = path.name if path is not None else "animation"
-    bar = tqdm(total=len(indices), desc=f"rendering {name}", unit="frame", disable=not progress)
-
-    def stream():
-        for i in indices:
-            yield renderer.render(i)
-            bar.update(1)
-
-    try:
-        if path is not None:
-            # written beside the target and renamed when complete: no half-written videos
-            fd, tmp = tempfile.mkstemp(
-                prefix=f".{path.stem}.", suffix=path.suffix, dir=path.resolve().parent
-            )
-            os.close(fd)
-            try:
-                if path.suffix == ".mp4":
-                    _write_mp4(Path(tmp), stream(), fps, crf)
-                else:
-                    _write_gif(Path(tmp), stream(), fps)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-            return path
-        return _inline(renderer, stream, fps, crf, embed)
-    finally:
-        bar.close()
 
 
 def _inline(renderer: Renderer, stream, fps: float, crf: int, embed: str) -> InlineAnimation:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ._labels import style_metric_axis
+
 
 def _axes(ax, size=(5.0, 3.8)):
     if ax is not None:
@@ -98,8 +100,9 @@ def run_curves(
     named by `labels` (a legend on the first panel).
 
     With `log_time` the time axis is logarithmic and curves are drawn as steps, so that
-    metastable plateaus and merges read as a staircase; times `<= 0` are dropped. Metrics
-    named in `logy` get a log y-axis. Returns the axes.
+    metastable plateaus and merges read as a staircase; times `<= 0` are dropped. Panels
+    are titled in words (`particles.plot.metric_label`); metrics named in `logy`, and known
+    counts, get a log y-axis. Returns the axes.
     """
     ts = np.asarray(ts, float)
     names = list(series)
@@ -128,10 +131,8 @@ def run_curves(
             )
         if log_time:
             ax.set_xscale("log")
-        if name in logy:
-            ax.set_yscale("log")
+        style_metric_axis(ax, name, scale="log" if name in logy else None)
         ax.set_xlabel("time t (log scale)" if log_time else "time t")
-        ax.set_title(name)
         ax.grid(alpha=0.3, which="both")
     if labels is not None:
         axes[0].legend(fontsize=8)
@@ -171,7 +172,7 @@ def polytope(
     trails: bool = True,
 ):
     r"""Rescaled planar tokens $z_i(t)$ (e.g. $e^{-t} x_i(t)$, from
-    `particles.clustering.rescaled`): their paths (faint), their final positions, and the
+    `particles.metrics.rescaled`): their paths (faint), their final positions, and the
     convex hull of the final positions (Geshkovski et al. 2023: the
     $z_i$ converge to vertices of a convex polytope when $V = I$, $Q^\top K \succ 0$).
 

@@ -19,6 +19,7 @@ fields) and never recomputes dynamics.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+
+from ._labels import fit_title, style_metric_axis, suptitle
+from ._scene import AbstractScene, TimeLabel, check_times
 
 VIEW = (20.0, -60.0)
 """Default camera of 3D views: (elevation, azimuth) in degrees, as in matplotlib."""
@@ -200,15 +204,103 @@ def _draw_background(ax, geo: Geometry, view) -> None:
 # --------------------------------------------------------------------------- colours
 
 
+def _extension_candidates() -> np.ndarray:
+    """Saturated RGB colours to extend a palette with: a grid of 36 hues, 3 saturations and
+    3 values, none grey, none so light that it vanishes on white."""
+    h, sat, val = np.meshgrid(np.arange(36) / 36, [0.5, 0.75, 1.0], [0.5, 0.72, 0.95])
+    rgb = matplotlib.colors.hsv_to_rgb(np.stack([h, sat, val], -1).reshape(-1, 3))
+    return rgb[rgb @ [0.2126, 0.7152, 0.0722] < 0.8]
+
+
+def _palette(name: str, k: int, avoid=None) -> np.ndarray:
+    """`k` distinct RGBA colours: the entries of the qualitative colormap `name` (10
+    evenly spaced samples of a continuous one) in order, then, when more are needed, each
+    next colour the saturated one farthest from all those chosen so far (and from `avoid`).
+    Entries within 0.3 (RGB distance) of the colour `avoid` (the grey of singletons) are
+    left out, so that no cluster looks like a lone token."""
+    cmap = matplotlib.colormaps[name]
+    base = (
+        np.asarray(cmap.colors, float)
+        if isinstance(cmap, matplotlib.colors.ListedColormap)
+        else cmap(np.linspace(0, 1, 10))
+    )
+    base = matplotlib.colors.to_rgba_array(base)[:, :3]
+    taken = [np.zeros((0, 3))]
+    if avoid is not None:
+        grey = np.asarray(matplotlib.colors.to_rgba(avoid)[:3])
+        base = base[np.linalg.norm(base - grey, axis=1) >= 0.3]
+        taken.append(grey[None])
+    chosen = list(base[:k])
+    if len(chosen) < k:
+        # a rough perceptual distance: the eye tells greens apart best, blues worst
+        weight = np.sqrt([2.0, 4.0, 3.0])
+        candidates = _extension_candidates() * weight
+        others = np.concatenate([*taken, np.array(chosen).reshape(-1, 3)]) * weight
+        gap = np.min(np.linalg.norm(candidates[:, None] - others[None], axis=-1), axis=1)
+        for _ in range(min(k - len(chosen), len(candidates))):
+            best = int(np.argmax(gap))
+            chosen.append(candidates[best] / weight)
+            gap = np.minimum(gap, np.linalg.norm(candidates - candidates[best], axis=1))
+            gap[best] = -1.0  # never twice
+        # beyond the grid (hundreds of clusters at once): golden-angle hues, all distinct
+        j = np.arange(k - len(chosen))
+        hsv = np.stack(
+            [(0.6180339887498949 * j) % 1.0, 0.6 + 0.3 * (j % 2), 0.55 + 0.3 * (j % 3 == 0)], 1
+        )
+        chosen += list(matplotlib.colors.hsv_to_rgb(hsv))
+    rgb = np.array(chosen, float).reshape(k, 3)
+    return np.concatenate([rgb, np.ones((k, 1))], axis=1)
+
+
+def _colour_slots(present: np.ndarray, size: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Palette slot of each label, given `present (T, L)` (the label is a coloured cluster
+    in that frame) and its size `(T, L)`: labels alive at the same time get different slots,
+    and a slot is reused only by a label born after the slot's previous owner is gone.
+
+    Each label holds its slot from its first to its last coloured frame. Labels are taken
+    from the last frame backwards (the clusters that survive first, largest first, so the
+    final clusters own the first colours), each getting the smallest free slot: the greedy
+    colouring of an interval graph in order of right end, which uses exactly as many slots
+    as there are clusters alive at the busiest frame. `-1` for labels never coloured.
+    """
+    T, L = present.shape
+    alive = present.any(axis=0)
+    first = np.argmax(present, axis=0)
+    last = T - 1 - np.argmax(present[::-1], axis=0)
+    slots = np.full(L, -1)
+    free: list[int] = []  # a min-heap of released slots
+    used = 0
+    births: dict[int, list[int]] = {}
+    order = np.lexsort((labels, -size[last, np.arange(L)], -last))
+    by_end: dict[int, list[int]] = {}
+    for label in order[alive[order]]:
+        by_end.setdefault(int(last[label]), []).append(int(label))
+        births.setdefault(int(first[label]), []).append(int(label))
+    for t in range(T - 1, -1, -1):
+        for label in by_end.get(t, ()):
+            if free:
+                slots[label] = heapq.heappop(free)
+            else:
+                slots[label], used = used, used + 1
+        # going back in time, a label is born here: before t its slot is free again
+        for label in births.get(t, ()):
+            heapq.heappush(free, int(slots[label]))
+    return slots
+
+
 def cluster_colors(labels, palette: str = "tab10", singletons=None) -> np.ndarray:
-    """RGBA colours from cluster labels, one colour per cluster.
+    """RGBA colours from cluster labels: distinct clusters alive at the same time have
+    distinct colours.
 
     `labels (n,)`: clusters ranked by size, largest first, so a cluster's colour does not
-    depend on its label value. `labels (T, n)` (from `particles.analysis.track_clusters`):
-    one colour per label for the whole trajectory, ranked by size in the last frame (then
-    by label), so a cluster keeps its colour from frame to frame. Colours cycle through the
-    palette beyond its length. `singletons`: a colour for tokens alone in their cluster in
-    that frame (e.g. `"0.65"`, grey), so that only clusters that have formed are coloured.
+    depend on its label value. `labels (T, n)` (from `particles.metrics.track_clusters`):
+    one colour per label for the whole trajectory, so a cluster keeps its colour from frame
+    to frame; the clusters of the last frame take the first colours, largest first, and a
+    colour passes to another cluster only after its cluster is gone (merged away). When
+    more clusters live at once than the palette has colours, the palette is extended with
+    further distinct colours rather than reused. `singletons`: a colour for tokens alone in
+    their cluster in that frame (e.g. `"0.65"`, grey), so that only clusters that have formed
+    are coloured; palette entries close to it are skipped.
 
     Returns `(n, 4)` or `(T, n, 4)`.
     """
@@ -222,15 +314,10 @@ def cluster_colors(labels, palette: str = "tab10", singletons=None) -> np.ndarra
     inverse = inverse.reshape(frames.shape)
     counts = np.stack([np.bincount(row, minlength=len(unique)) for row in inverse])
     alone = np.take_along_axis(counts, inverse, axis=1) == 1
-    size = counts[-1].copy()
-    if singletons is not None:
-        # labels never shared by two tokens take no colour of the palette
-        size[counts.max(axis=0) <= 1] = -1
-    rank = np.empty(len(unique), int)
-    rank[np.lexsort((unique, -size))] = np.arange(len(unique))
-    cmap = matplotlib.colormaps[palette]
-    table = np.array([cmap(r % cmap.N) for r in range(min(len(unique), cmap.N))])
-    rgba = table[rank[inverse] % len(table)]
+    present = counts > (1 if singletons is not None else 0)
+    slots = _colour_slots(present, counts, unique)
+    table = _palette(palette, max(int(slots.max()) + 1, 1), singletons)
+    rgba = table[np.maximum(slots, 0)[inverse]]
     if singletons is not None:
         rgba[alone] = matplotlib.colors.to_rgba(singletons)
     return rgba.reshape(*labels.shape, 4)
@@ -444,17 +531,19 @@ class AttentionPanel:
 class MetricPanel:
     """One metric against time (one curve per trajectory) with a cursor at the frame."""
 
-    def __init__(self, ax, ts, name, values, labels=None, time_label="time t"):
+    def __init__(self, ax, ts, name, values, labels=None, time_label="time t", legend=True):
         values = np.asarray(values, dtype=float)
         rows = values.reshape(-1, len(ts))
         for j, row in enumerate(rows):
             label = labels[j] if labels is not None and len(rows) > 1 else None
             ax.plot(ts, row, lw=1.4, c=f"C{j}", label=label)
-        if labels is not None and len(rows) > 1:
+        if legend and labels is not None and len(rows) > 1:
             ax.legend(fontsize=7)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel(time_label)
-        ax.grid(alpha=0.3)
+        # the panels of an animation are short: a rotated unit would squeeze them
+        style_metric_axis(ax, name, fontsize=10, unit=False)
+        if time_label:
+            ax.set_xlabel(time_label)
+        ax.grid(alpha=0.3, which="both")
         self.ts = ts
         self.cursor = ax.axvline(ts[0], c="C3", lw=1)
         self.artists = [self.cursor]
@@ -488,9 +577,9 @@ def _per_trajectory(value, k: int, several: bool) -> list:
     return [value] * k
 
 
-class Scene:
-    """Every panel of an animation frame on one figure; `update(i)` redraws frame `i` by
-    changing artists in place, and `dynamic` lists the artists that change.
+class CloudScene(AbstractScene):
+    """Particle clouds: one trajectory, or several side by side, with optional pairwise
+    cosines, attention heat maps and metric curves with a cursor at the frame.
 
     Arguments are those of `particles.plot.animate` (which see).
     """
@@ -515,9 +604,7 @@ class Scene:
         time_label="t",
         time_format=".3g",
     ):
-        self.ts = np.asarray(ts, dtype=float)
-        if self.ts.ndim != 1 or len(self.ts) < 1:
-            raise ValueError(f"ts must be a 1-D array of times; got shape {self.ts.shape}")
+        self.ts = check_times(ts)
         trajectories, several = _as_trajectories(xs, self.ts)
         k, T = len(trajectories), len(self.ts)
         if labels is not None and (isinstance(labels, str) or len(labels) != k):
@@ -533,7 +620,6 @@ class Scene:
             ["attention"] if attention is not None else []
         )
         self.fig = fig
-        self.time_label, self.time_format = time_label, time_format
         # layout: one trajectory -> a row [cloud, extras..., metrics column];
         # several -> a column per trajectory (cloud over its extras), metrics on the right
         cols = k + (1 if metrics else 0)
@@ -553,7 +639,6 @@ class Scene:
             cells = [[grid[r, j] for r in range(len(heights))] for j in range(k)]
             metric_cell = grid[:, k] if metrics else None
         self.panels = []
-        self.texts = []
         self.cloud_axes = []
         for j, x in enumerate(trajectories):
             ax = fig.add_subplot(cells[j][0])
@@ -566,18 +651,6 @@ class Scene:
             self.cloud_axes.append(ax)
             if labels is not None:
                 ax.set_title(str(labels[j]), fontsize=11)
-            self.texts.append(
-                ax.text(
-                    0.02,
-                    0.98,
-                    "",
-                    transform=ax.transAxes,
-                    va="top",
-                    ha="left",
-                    fontsize=9,
-                    zorder=10,
-                )
-            )
             for e, extra in enumerate(extras):
                 e_ax = fig.add_subplot(cells[j][1 + e])
                 if extra == "cosines":
@@ -590,9 +663,14 @@ class Scene:
                         )
                     self.panels.append(AttentionPanel(e_ax, A, clusters_k[j]))
         if metrics:
-            sub = metric_cell.subgridspec(len(metrics), 1, hspace=0.5)
+            # the panels share the time axis, labelled once at the bottom; spacing is left
+            # to the layout engine (a gridspec hspace on top of it squeezes the panels flat)
+            sub = metric_cell.subgridspec(len(metrics), 1)
+            first = None
             for m, (name, values) in enumerate(metrics.items()):
-                m_ax = fig.add_subplot(sub[m, 0])
+                m_ax = fig.add_subplot(sub[m, 0], sharex=first)
+                first = first or m_ax
+                bottom = m == len(metrics) - 1
                 self.panels.append(
                     MetricPanel(
                         m_ax,
@@ -600,29 +678,33 @@ class Scene:
                         name,
                         values,
                         labels,
-                        f"time {time_label}" if time_label == "t" else time_label,
+                        (f"time {time_label}" if time_label == "t" else time_label)
+                        if bottom
+                        else None,
+                        legend=m == 0,
                     )
                 )
+                if not bottom:
+                    m_ax.tick_params(labelbottom=False)
+        self.time = TimeLabel(self.cloud_axes, self.ts, time_label, time_format)
         if title:
-            fig.suptitle(title)
-        self.dynamic = [a for p in self.panels for a in p.artists] + self.texts
+            suptitle(fig, title)
+        self.dynamic = [a for p in self.panels for a in p.artists] + self.time.texts
 
     def update(self, i: int) -> None:
         for p in self.panels:
             p.update(i)
-        label = f"{self.time_label} = {format(self.ts[i], self.time_format)}"
-        for text in self.texts:
-            text.set_text(label)
+        self.time.update(i)
 
-
-def _default_size(ts, xs, metrics=None, attention=None) -> tuple[float, float]:
-    trajectories, _ = _as_trajectories(xs)
-    k = len(trajectories)
-    extras = int(trajectories[0].shape[-1] > 3) + int(attention is not None)
-    has_metrics = bool(metrics)
-    if k == 1:
-        return (4.2 + 3.4 * extras + 3.6 * has_metrics, 4.2)
-    return (3.8 * k + 3.6 * has_metrics, 4.0 + 2.6 * extras)
+    @classmethod
+    def default_size(cls, ts, xs, *, metrics=None, attention=None, **options):
+        trajectories, _ = _as_trajectories(xs)
+        k = len(trajectories)
+        extras = int(trajectories[0].shape[-1] > 3) + int(attention is not None)
+        has_metrics = bool(metrics)
+        if k == 1:
+            return (4.2 + 3.4 * extras + 3.6 * has_metrics, 4.2)
+        return (3.8 * k + 3.6 * has_metrics, 4.0 + 2.6 * extras)
 
 
 def frame(
@@ -637,11 +719,11 @@ def frame(
     """One frame of `animate` as a static figure (same panels and options), at saved time
     `index` (default: the final state). Returns the pyplot figure."""
     fig = plt.figure(
-        figsize=size or _default_size(ts, xs, options.get("metrics"), options.get("attention")),
+        figsize=size or CloudScene.default_size(ts, xs, **options),
         dpi=dpi,
         layout="constrained",
     )
-    scene = Scene(fig, ts, xs, **options)
+    scene = CloudScene(fig, ts, xs, **options)
     scene.update(range(len(scene.ts))[index])
     return fig
 
@@ -689,7 +771,8 @@ def snapshots(
 
 def metric_curves(ts, metrics: Mapping[str, np.ndarray], *, axes=None, time_label: str = "time t"):
     """One panel per metric time series (`(T,)`, or `(k, T)` for k curves), sharing the
-    time axis. Returns the axes."""
+    time axis. Panels are titled in words (`particles.plot.metric_label`), and known counts
+    drawn on a log axis. Returns the axes."""
     names = list(metrics)
     if not names:
         raise ValueError("metrics is empty: nothing to plot")
@@ -708,8 +791,8 @@ def metric_curves(ts, metrics: Mapping[str, np.ndarray], *, axes=None, time_labe
         for j, row in enumerate(values.reshape(-1, len(ts))):
             ax.plot(ts, row, lw=1.5, c=f"C{j}")
         ax.set_xlabel(time_label)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
+        style_metric_axis(ax, name)
+        ax.grid(alpha=0.3, which="both")
     return axes
 
 
@@ -737,7 +820,7 @@ def summary_figure(
         axes = bottom.subplots(1, len(metrics), squeeze=False)[0]
         metric_curves(ts, metrics, axes=axes)
     if title:
-        fig.suptitle(title)
+        suptitle(fig, title)
     return fig
 
 
@@ -829,6 +912,7 @@ def velocity_field(
         panel.update(0)
     if title:
         ax.set_title(title)
+        fit_title(ax.title)
     return ax
 
 

@@ -1,18 +1,22 @@
 """Figures and animations of mean-field limits: convergence rates, Gaussian level sets,
-densities on the circle. They read saved arrays only; nothing here recomputes dynamics."""
+densities on the circle. The animations are scenes of the one pipeline of
+`particles.plot.animate`. They read saved arrays only; nothing here recomputes dynamics."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import animation
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
+from matplotlib.lines import Line2D
 
-from ._animate import ffmpeg_path
+from ._animate import _animation
+from ._figures import CloudPanel, Geometry, _color_frames
+from ._labels import suptitle
+from ._scene import AbstractScene, TimeLabel, check_times
 
 
 def sample_convergence_figure(
@@ -90,27 +94,156 @@ def _ellipse(mean, cov, radius, points=200):
     return mean[:, None] + radius * root @ circle
 
 
-def _writer(path: Path, fps: int):
-    if path.suffix == ".mp4":
-        ffmpeg_path()
-        return animation.FFMpegWriter(
-            fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p", "-preset", "veryfast"]
+class GaussianScene(AbstractScene):
+    r"""A planar particle trajectory `xs (T, n, 2)` over the level ellipses
+    $(x - m)^\top S^{-1} (x - m) = r^2$ of the mean-field Gaussians $N(m(t), S(t))$
+    (`means (T, 2)`, `covs (T, 2, 2)`; frames with non-finite moments show no ellipse).
+
+    The particles are a cloud panel of the plane view (colours as in `animate`).
+    """
+
+    def __init__(
+        self,
+        fig,
+        ts,
+        xs,
+        *,
+        means,
+        covs,
+        radii=(1.0, 2.0, 3.0),
+        colors=None,
+        clusters=None,
+        singletons=None,
+        cmap: str = "viridis",
+        point_size: float = 4.0,
+        title: str = "",
+        time_label: str = "t",
+        time_format: str = ".3g",
+    ):
+        self.ts = check_times(ts)
+        xs, means, covs = np.asarray(xs, float), np.asarray(means, float), np.asarray(covs, float)
+        T = len(self.ts)
+        if xs.ndim != 3 or xs.shape[-1] != 2:
+            raise ValueError(f"xs must have shape (T, n, 2); got {xs.shape}")
+        if xs.shape[0] != T:
+            raise ValueError(f"xs has {xs.shape[0]} frames but ts has {T} times")
+        if means.shape != (T, 2) or covs.shape != (T, 2, 2):
+            raise ValueError(
+                f"means and covs must have shapes (T, 2) and (T, 2, 2) with T = {T}; "
+                f"got {means.shape} and {covs.shape}"
+            )
+        self.means, self.covs, self.radii = means, covs, tuple(radii)
+        self.finite = np.isfinite(means).all(axis=1) & np.isfinite(covs).all(axis=(1, 2))
+        ax = fig.add_subplot()
+        outlines = [_ellipse(means[i], covs[i], max(radii)) for i in np.flatnonzero(self.finite)]
+        pts = np.concatenate([xs.reshape(-1, 2)] + [o.T for o in outlines])
+        lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
+        pad = 0.08 * (hi - lo).max()
+        limits = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
+        geo = Geometry("plane", np.eye(2), np.zeros(2), None, limits)
+        if colors is None and clusters is None:
+            colors = matplotlib.colors.to_rgba("C0", 0.6)
+        color_of = _color_frames(colors, clusters, T, xs.shape[1], cmap, "colors", singletons)
+        self.cloud = CloudPanel(ax, xs, geo, color_of, size=point_size)
+        self.lines = [
+            ax.plot([], [], color="C3", lw=1.2 if r == radii[0] else 0.8)[0] for r in radii
+        ]
+        ax.legend(
+            handles=[
+                Line2D([], [], ls="", marker="o", ms=4, color=color_of(0)[0], label="particles"),
+                Line2D(
+                    [],
+                    [],
+                    color="C3",
+                    lw=1.2,
+                    label="mean-field $N(m(t), S(t))$, "
+                    + ", ".join(f"{r:g}" for r in radii)
+                    + " sd",
+                ),
+            ],
+            loc="upper right",
+            fontsize=8,
         )
-    if path.suffix == ".gif":
-        return animation.PillowWriter(fps=fps)
-    raise ValueError(f"animation path must end in .mp4 or .gif; got {path.name}")
+        self.time = TimeLabel([ax], self.ts, time_label, time_format)
+        if title:
+            suptitle(fig, title)
+        self.ax = ax
+        self.dynamic = [*self.cloud.artists, *self.lines, *self.time.texts]
+
+    def update(self, i: int) -> None:
+        self.cloud.update(i)
+        for line, r in zip(self.lines, self.radii, strict=True):
+            if self.finite[i]:
+                e = _ellipse(self.means[i], self.covs[i], r)
+                line.set_data(e[0], e[1])
+            else:
+                line.set_data([], [])
+        self.time.update(i)
+
+    @classmethod
+    def default_size(cls, ts, xs, **options):
+        return (5.0, 5.0)
 
 
-def _save(fig, frame, frames, path, fps, dpi, progress):
-    writer = _writer(path, fps)
-    anim = animation.FuncAnimation(fig, frame, frames=frames, blit=False)
-    bar = tqdm(total=frames, desc=f"rendering {path.name}", unit="frame", disable=not progress)
-    try:
-        anim.save(path, writer=writer, dpi=dpi, progress_callback=lambda i, n: bar.update(1))
-    finally:
-        bar.close()
-        plt.close(fig)
-    return path
+class CircleScene(AbstractScene):
+    """Particles on the circle (`angles (T, n)`, drawn as a normalised histogram of `bins`
+    cells) over the Eulerian density `densities (T, N)` on the cell centres `theta (N,)`."""
+
+    def __init__(
+        self,
+        fig,
+        ts,
+        angles,
+        *,
+        theta,
+        densities,
+        bins: int = 64,
+        title: str = "",
+        time_label: str = "t",
+        time_format: str = ".3g",
+    ):
+        self.ts = check_times(ts)
+        angles = np.asarray(angles, float)
+        theta, densities = np.asarray(theta, float), np.asarray(densities, float)
+        T = len(self.ts)
+        if angles.ndim != 2 or angles.shape[0] != T:
+            raise ValueError(f"angles must have shape (T, n) with T = {T}; got {angles.shape}")
+        if theta.ndim != 1 or densities.shape != (T, len(theta)):
+            raise ValueError(
+                f"densities must have shape (T, len(theta)) = {(T, theta.size)}; "
+                f"got {densities.shape}"
+            )
+        edges = np.linspace(0, 2 * np.pi, bins + 1)
+        self.hist = np.stack(
+            [np.histogram(np.mod(a, 2 * np.pi), bins=edges, density=True)[0] for a in angles]
+        )
+        self.densities = densities
+        ax = fig.add_subplot()
+        ax.set_xlim(0, 2 * np.pi)
+        top = max(float(np.nanmax(densities)), float(self.hist.max()), 1e-12)
+        ax.set_ylim(0, 1.15 * top)
+        ax.set_xlabel(r"angle $\theta$")
+        ax.set_ylabel("density")
+        ax.grid(alpha=0.3)
+        self.stairs = ax.stairs(
+            self.hist[0], edges, fill=True, color="C0", alpha=0.45, label="particles"
+        )
+        (self.line,) = ax.plot(theta, densities[0], color="C3", lw=1.5, label="Eulerian density")
+        ax.legend(loc="upper right", fontsize=8)
+        self.time = TimeLabel([ax], self.ts, time_label, time_format)
+        if title:
+            suptitle(fig, title)
+        self.ax = ax
+        self.dynamic = [self.stairs, self.line, *self.time.texts]
+
+    def update(self, i: int) -> None:
+        self.stairs.set_data(self.hist[i])
+        self.line.set_ydata(self.densities[i])
+        self.time.update(i)
+
+    @classmethod
+    def default_size(cls, ts, angles, **options):
+        return (6.4, 3.8)
 
 
 def gaussian_animation(
@@ -118,52 +251,50 @@ def gaussian_animation(
     xs,
     means,
     covs,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     radii=(1.0, 2.0, 3.0),
-    fps: int = 15,
+    fps: float = 15,
+    duration: float | None = None,
+    frames: Sequence[int] | None = None,
     dpi: int = 100,
+    size: tuple[float, float] | None = None,
+    resolution: tuple[int, int] | None = None,
     title: str = "",
+    crf: int = 20,
+    embed: str = "auto",
     progress: bool = True,
-) -> Path:
-    """Animate a 2-d particle trajectory `xs (T, n, 2)` over the level ellipses
-    $(x - m)^\\top S^{-1} (x - m) = r^2$ of the mean-field Gaussian $N(m(t), S(t))$."""
-    ts, xs = np.asarray(ts), np.asarray(xs)
-    means, covs = np.asarray(means), np.asarray(covs)
-    path = Path(path)
-    _writer(path, fps)  # reject a bad suffix before any rendering
-    if xs.ndim != 3 or xs.shape[-1] != 2:
-        raise ValueError(f"xs must have shape (T, n, 2); got {xs.shape}")
-    fig, ax = plt.subplots(figsize=(5.0, 5.0), layout="constrained")
-    finite = np.isfinite(means).all(axis=1)
-    outlines = [_ellipse(means[i], covs[i], max(radii)) for i in np.flatnonzero(finite)]
-    pts = np.concatenate([xs.reshape(-1, 2)] + [o.T for o in outlines])
-    lo, hi = np.percentile(pts, 0.5, axis=0), np.percentile(pts, 99.5, axis=0)
-    pad = 0.08 * (hi - lo).max()
-    ax.set_xlim(lo[0] - pad, hi[0] + pad)
-    ax.set_ylim(lo[1] - pad, hi[1] + pad)
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.2)
-    dots = ax.scatter(xs[0, :, 0], xs[0, :, 1], s=4, c="C0", alpha=0.6, lw=0, label="particles")
-    lines = [ax.plot([], [], color="C3", lw=1.2 if r == radii[0] else 0.8)[0] for r in radii]
-    lines[0].set_label("mean-field $N(m(t), S(t))$, 1, 2, 3 sd")
-    ax.legend(loc="upper right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    label = ax.set_title("")
+    **options,
+):
+    r"""Animate a 2-d particle trajectory `xs (T, n, 2)` over the level ellipses
+    $(x - m)^\top S^{-1} (x - m) = r^2$ of the mean-field Gaussian $N(m(t), S(t))$
+    (`means (T, 2)`, `covs (T, 2, 2)`), one ellipse per radius in `radii`.
 
-    def frame(i):
-        dots.set_offsets(xs[i])
-        for line, r in zip(lines, radii, strict=True):
-            if finite[i]:
-                e = _ellipse(means[i], covs[i], r)
-                line.set_data(e[0], e[1])
-            else:
-                line.set_data([], [])
-        label.set_text(f"t = {ts[i]:.3g}")
-        return [dots, *lines, label]
-
-    return _save(fig, frame, len(ts), path, fps, dpi, progress)
+    Rendered by the pipeline of `animate` (a `GaussianScene`), with the same options:
+    `path` `.mp4` or `.gif` (written atomically), or `None` for an inline animation;
+    further `options` (`colors`, `clusters`, `point_size`, `time_label`, ...) go to the
+    scene. Returns the path written, or an `InlineAnimation`.
+    """
+    return _animation(
+        GaussianScene,
+        ts,
+        xs,
+        path,
+        fps=fps,
+        duration=duration,
+        frames=frames,
+        dpi=dpi,
+        size=size,
+        resolution=resolution,
+        crf=crf,
+        embed=embed,
+        progress=progress,
+        means=means,
+        covs=covs,
+        radii=radii,
+        title=title,
+        **options,
+    )
 
 
 def circle_animation(
@@ -171,46 +302,48 @@ def circle_animation(
     angles,
     theta,
     densities,
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     bins: int = 64,
-    fps: int = 15,
+    fps: float = 15,
+    duration: float | None = None,
+    frames: Sequence[int] | None = None,
     dpi: int = 100,
+    size: tuple[float, float] | None = None,
+    resolution: tuple[int, int] | None = None,
     title: str = "",
+    crf: int = 20,
+    embed: str = "auto",
     progress: bool = True,
-) -> Path:
+    **options,
+):
     """Animate particles on the circle (angles `(T, n)`, as a normalised histogram) over the
-    Eulerian density `densities (T, N)` on the cell centres `theta`."""
-    ts, angles = np.asarray(ts), np.asarray(angles)
-    theta, densities = np.asarray(theta), np.asarray(densities)
-    path = Path(path)
-    _writer(path, fps)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
-    edges = np.linspace(0, 2 * np.pi, bins + 1)
-    ax.set_xlim(0, 2 * np.pi)
-    top = max(densities.max(), 1e-12)
-    ax.set_ylim(0, 1.15 * top)
-    ax.set_xlabel(r"angle $\theta$")
-    ax.set_ylabel("density")
-    ax.grid(alpha=0.3)
-    _, _, bars = ax.hist(
-        angles[0], bins=edges, density=True, color="C0", alpha=0.45, label="particles"
+    Eulerian density `densities (T, N)` on the cell centres `theta`.
+
+    Rendered by the pipeline of `animate` (a `CircleScene`), with the same options: `path`
+    `.mp4` or `.gif` (written atomically), or `None` for an inline animation. Returns the
+    path written, or an `InlineAnimation`.
+    """
+    return _animation(
+        CircleScene,
+        ts,
+        angles,
+        path,
+        fps=fps,
+        duration=duration,
+        frames=frames,
+        dpi=dpi,
+        size=size,
+        resolution=resolution,
+        crf=crf,
+        embed=embed,
+        progress=progress,
+        theta=theta,
+        densities=densities,
+        bins=bins,
+        title=title,
+        **options,
     )
-    (line,) = ax.plot(theta, densities[0], color="C3", lw=1.5, label="Eulerian density")
-    ax.legend(loc="upper right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    label = ax.set_title("")
-
-    def frame(i):
-        heights, _ = np.histogram(np.mod(angles[i], 2 * np.pi), bins=edges, density=True)
-        for bar, h in zip(bars, heights, strict=True):
-            bar.set_height(h)
-        line.set_ydata(densities[i])
-        label.set_text(f"t = {ts[i]:.3g}")
-        return [*bars, line, label]
-
-    return _save(fig, frame, len(ts), path, fps, dpi, progress)
 
 
 def density_snapshots(ts, theta, densities, angles=None, *, indices=None, bins: int = 64) -> Figure:

@@ -14,12 +14,12 @@ import jax
 import numpy as np
 
 import particles as P
-from particles import clustering
+from particles import metrics
 
 
 def tracked_labels(xs, tol: float) -> np.ndarray:
     """Cluster labels that follow clusters over time, for a stack of trajectories (k, T, n, d)."""
-    return np.asarray(jax.vmap(lambda x: clustering.track_clusters(x, tol))(xs))
+    return np.asarray(jax.vmap(lambda x: metrics.track_clusters(x, tol))(xs))
 
 
 def flat_series(names: list[str], series: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

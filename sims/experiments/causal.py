@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
-from particles import clustering
+from particles import metrics
 
+from .. import _options as options
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 from . import _clusterkit
@@ -66,8 +67,8 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     betas = jnp.asarray(config.betas)
 
     def solve(beta):
-        attention = P.SelfAttention.identity(
-            config.d, beta, normalization=config.normalization, causal=True
+        attention = P.Attention.identity(
+            config.d, beta, normalization=options.normalization(config.normalization), causal=True
         )
         flow = P.AttentionFlow(attention, P.Sphere())
         return P.simulate(flow, x0, ts, rtol=config.rtol, atol=config.atol)
@@ -75,12 +76,10 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     trajectories = jax.vmap(solve)(betas)
     xs = trajectories.xs
     names = [f"beta={b:g}" for b in config.betas]
-    series = jax.vmap(lambda x, b: clustering.cluster_series(x, b, tol=config.cluster_tol))(
-        xs, betas
-    )
+    series = jax.vmap(lambda x, b: metrics.cluster_series(x, b, tol=config.cluster_tol))(xs, betas)
     series = {k: np.asarray(v) for k, v in series.items()}
     series["alignment with token 0"] = np.asarray(
-        jax.vmap(lambda x: clustering.over_time(clustering.alignment_to, x, 0))(xs)
+        jax.vmap(lambda x: metrics.over_time(metrics.alignment_to, x, 0))(xs)
     )
     # the first token never moves: it sees only itself, and P_x x = 0
     drift0 = np.asarray(jnp.max(jnp.linalg.norm(xs[:, :, 0] - x0[0], axis=-1), axis=-1))

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
-from particles import clustering
+from particles import metrics
 
+from .. import _options as options
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 from . import _clusterkit
@@ -78,7 +79,10 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         runs.append(
             jax.vmap(
                 lambda b, norm=norm: _solve(
-                    P.SelfAttention.identity(config.d, b, normalization=norm), x0, ts, config
+                    P.Attention.identity(config.d, b, normalization=options.normalization(norm)),
+                    x0,
+                    ts,
+                    config,
                 )
             )(betas)
         )
@@ -86,17 +90,17 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         run_betas += list(config.betas)
     if config.random_qkv:
         keys = jax.random.split(key_qkv, config.random_qkv)
-        heads = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, config.d, beta=betas[0]))(keys)
+        heads = eqx.filter_vmap(lambda k: P.Attention.random(k, config.d, beta=betas[0]))(keys)
         runs.append(eqx.filter_vmap(lambda a: _solve(a, x0, ts, config))(heads))
         names += [f"random QKV {j + 1}" for j in range(config.random_qkv)]
         run_betas += [config.betas[0]] * config.random_qkv
     trajectories = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *runs)
     xs = trajectories.xs
     series = jax.vmap(
-        lambda x, b: clustering.cluster_series(x, b, tol=config.cluster_tol, eps=config.eps)
+        lambda x, b: metrics.cluster_series(x, b, tol=config.cluster_tol, eps=config.eps)
     )(xs, jnp.asarray(run_betas))
     series = {k: np.asarray(v) for k, v in series.items()}
-    t_one = np.asarray(jax.vmap(lambda x: clustering.time_to_one_cluster(ts, x, config.eps))(xs))
+    t_one = np.asarray(jax.vmap(lambda x: metrics.time_to_one_cluster(ts, x, config.eps))(xs))
     labels = _clusterkit.tracked_labels(xs, config.cluster_tol)
     _clusterkit.save(
         directory,

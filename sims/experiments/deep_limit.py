@@ -7,12 +7,13 @@ import math
 from pathlib import Path
 from typing import Literal
 
+import diffrax
 import equinox as eqx
 import jax
 import numpy as np
 
 import particles as P
-from particles import networks
+from particles import metrics, networks, studies
 
 from .._config import require_at_least, require_positive
 from .._registry import experiment
@@ -39,7 +40,7 @@ class Config:
     """smallest depth L of the study"""
     max_depth: int = 1024
     """largest depth L; depths double from min_depth"""
-    variants: tuple[Variant, ...] = networks.VARIANTS
+    variants: tuple[Variant, ...] = studies.VARIANTS
     """networks studied (post-norm lives on the sphere, pre-norm normalises attention's input)"""
     pieces: int = 4
     """distinct weight sets of the per-layer network (its depth is a multiple of this)"""
@@ -75,13 +76,13 @@ class Config:
         require_at_least(self, "shallow_depth", 1)
         if not self.variants:
             raise ValueError("variants must name at least one network")
-        unknown = [v for v in self.variants if v not in networks.VARIANTS]
+        unknown = [v for v in self.variants if v not in studies.VARIANTS]
         if unknown:
             raise ValueError(
-                f"variants must be among {', '.join(networks.VARIANTS)}; got {unknown[0]!r}"
+                f"variants must be among {', '.join(studies.VARIANTS)}; got {unknown[0]!r}"
             )
-        if self.animated not in networks.VARIANTS:
-            raise ValueError(f"animated must be one of {', '.join(networks.VARIANTS)}")
+        if self.animated not in studies.VARIANTS:
+            raise ValueError(f"animated must be one of {', '.join(studies.VARIANTS)}")
         if not self.collapse_depths or min(self.collapse_depths) < 1:
             raise ValueError(f"collapse_depths must be positive; got {self.collapse_depths}")
         if "per-layer" in (*self.variants, self.animated):
@@ -105,9 +106,9 @@ class Config:
 def _draw(key, n: int, d: int, beta: float, hidden: int, pieces: int):
     # one compiled draw instead of a dozen eagerly dispatched ones
     k_attention, k_ff, k_layers, k_x0 = jax.random.split(key, 4)
-    attention = P.SelfAttention.random(k_attention, d, beta=beta)
+    attention = P.Attention.random(k_attention, d, beta=beta)
     feedforward = P.FeedForward.random(k_ff, d, hidden, "tanh")
-    layers = eqx.filter_vmap(lambda k: P.SelfAttention.random(k, d, beta=beta))(
+    layers = eqx.filter_vmap(lambda k: P.Attention.random(k, d, beta=beta))(
         jax.random.split(k_layers, pieces)
     )
     return attention, feedforward, layers, P.clouds.sphere_uniform(k_x0, n, d)
@@ -119,7 +120,7 @@ def _setup(config: Config):
     )
 
     def make(name):
-        return networks.variant(
+        return studies.variant(
             name, attention, feedforward=feedforward, layers=layers, horizon=config.horizon
         )
 
@@ -127,7 +128,7 @@ def _setup(config: Config):
 
 
 def _reference_options(config):
-    return dict(solver="dopri8", rtol=config.rtol, atol=config.atol, max_steps=1_000_000)
+    return dict(solver=diffrax.Dopri8(), rtol=config.rtol, atol=config.atol, max_steps=1_000_000)
 
 
 @experiment("deep-limit", Config)
@@ -156,18 +157,18 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
 
         def along_depth(L, flow=flow, scheme=scheme, fine=fine):
             net = P.ResidualNetwork(flow, L, config.horizon, scheme=scheme)
-            return np.asarray(networks.depth_error(net, x0, reference=fine.xs[:: M // L]))
+            return np.asarray(studies.depth_error(net, x0, reference=fine.xs[:: M // L]))
 
         if name == config.animated:
             shallow = P.ResidualNetwork(flow, config.shallow_depth, config.horizon, scheme=scheme)
             step = M // config.shallow_depth
             limit = eqx.tree_at(lambda tr: (tr.ts, tr.xs), fine, (fine.ts[::step], fine.xs[::step]))
             layers = shallow.trajectory(x0)
-            along = np.asarray(networks.max_distance(layers.xs, limit.xs))
+            along = np.asarray(studies.max_distance(layers.xs, limit.xs))
         if name not in config.variants:
             continue
         e = np.asarray(
-            networks.final_errors(
+            studies.final_errors(
                 flow, x0, depths, config.horizon, scheme=scheme, reference=fine.final
             )
         )
@@ -175,7 +176,7 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
         keep = e > config.fit_floor
         fitted[name] = [L for L, k in zip(depths, keep, strict=True) if k]
         slopes[name] = (
-            networks.loglog_slope(depths, e, floor=config.fit_floor) if keep.sum() >= 2 else None
+            metrics.fit_power_law(depths, e, floor=config.fit_floor)[0] if keep.sum() >= 2 else None
         )
         profile[name] = along_depth(config.depth_for_profile)
         # the first variant at several depths: L^p e_l is one curve if the error is O(L^-p)

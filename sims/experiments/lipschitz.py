@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
+from particles import metrics as M
 from particles import regularity as R
 
 from .._config import require_at_least, require_positive
@@ -89,7 +90,7 @@ def _fit(ns, values, lo, hi):
     keep = (ns >= lo) & (ns <= hi)
     if keep.sum() < 2:
         return None
-    exponent, prefactor = R.power_law(ns[keep], values[keep])
+    exponent, prefactor = M.fit_power_law(ns[keep], values[keep])
     return {"exponent": exponent, "prefactor": prefactor, "n_range": [int(lo), int(hi)]}
 
 
@@ -98,10 +99,10 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     from particles import plot
 
     d, beta, radius = config.d, config.beta, config.radius
-    dot = P.SelfAttention.identity(d, beta)
-    causal = P.SelfAttention.identity(d, beta, causal=True)
-    l2 = P.SelfAttention.identity(d, beta, kernel="l2")
-    sphere = P.AttentionFlow(P.SelfAttention.identity(d, config.sphere_beta), P.Sphere())
+    dot = P.Attention.identity(d, beta)
+    causal = P.Attention.identity(d, beta, causal=True)
+    l2 = P.Attention.identity(d, beta, kernel=P.L2())
+    sphere = P.AttentionFlow(P.Attention.identity(d, config.sphere_beta), P.Sphere())
     key = jax.random.key(config.seed)
     ns = token_counts(config)
 

@@ -17,8 +17,11 @@ import numpy as np
 
 import particles as P
 from particles import meanfield as mf
+from particles import metrics as M
+from particles import studies as S
 from particles import wasserstein as W
 
+from .. import _options as options
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 
@@ -92,17 +95,19 @@ class GaussianConfig:
         require_at_least(self, "animation_n", 2)
         require_at_least(self, "stability_n", 2)
         require_at_least(self, "causal_max_log2_n", 5)
-        if self.solver not in P.SOLVERS or self.solver == "euler":
+        if self.solver not in options.SOLVERS or self.solver == "euler":
             raise ValueError(
-                f"solver must be an adaptive solver of {', '.join(P.SOLVERS)}; got {self.solver!r}"
+                f"solver must be an adaptive solver of {', '.join(options.SOLVERS)}; got {self.solver!r}"
             )
 
 
 def _attention(config, key):
     if config.heads == 1:
-        return P.SelfAttention.random(key, config.d, beta=config.beta, kernel=config.kernel)
-    return P.MultiHeadAttention.random(
-        key, config.d, config.heads, beta=config.beta, kernel=config.kernel
+        return P.Attention.random(
+            key, config.d, beta=config.beta, kernel=options.kernel(config.kernel)
+        )
+    return P.Attention.random(
+        key, config.d, config.heads, beta=config.beta, kernel=options.kernel(config.kernel)
     )
 
 
@@ -127,7 +132,7 @@ def run_gaussian(
 
     # propagation of chaos
     ns = [2**k for k in range(config.min_log2_n, config.max_log2_n + 1)]
-    study = mf.propagation_of_chaos(
+    study = S.propagation_of_chaos(
         k_study,
         attention,
         m0,
@@ -138,7 +143,7 @@ def run_gaussian(
         reference=config.reference,
         exact_reference=config.exact_reference,
         exact_max_n=config.exact_max_n,
-        solver=config.solver,
+        solver=options.solver(config.solver),
         rtol=config.rtol,
         atol=config.atol,
     )
@@ -153,26 +158,28 @@ def run_gaussian(
     if len(exact_ns) < 2:  # nothing to fit: leave the exact distance out
         del convergence["exact W2 to reference"]
     slopes = {
-        k: mf.fit_power_law(ns[: np.isfinite(v).sum()], v[np.isfinite(v)])
+        k: M.fit_power_law(ns[: np.isfinite(v).sum()], v[np.isfinite(v)])
         for k, v in convergence.items()
     }
 
     # the animated cloud
     flow = P.AttentionFlow(attention)
     x0 = P.clouds.gaussian(k_anim, config.animation_n, m0, S0)
-    trajectory = P.simulate(flow, x0, ts, solver=config.solver, rtol=config.rtol, atol=config.atol)
-    mean_err, cov_err = mf.moment_errors(trajectory.xs, solution)
+    trajectory = P.simulate(
+        flow, x0, ts, solver=options.solver(config.solver), rtol=config.rtol, atol=config.atol
+    )
+    mean_err, cov_err = S.moment_errors(trajectory.xs, solution)
 
     # stability
     xs0 = P.clouds.gaussian(k_stab, config.stability_n, m0, S0)
     direction = jax.random.normal(jax.random.fold_in(k_stab, 1), xs0.shape)
     direction = direction / jnp.sqrt(jnp.mean(jnp.sum(direction**2, axis=1)))
     stab_ts = ts[:: max(1, (len(ts) - 1) // 10)]
-    stab = mf.stability(flow, xs0, xs0 + config.delta * direction, stab_ts)
+    stab = S.stability(flow, xs0, xs0 + config.delta * direction, stab_ts)
 
     # causal limit
-    causal = P.SelfAttention.random(
-        k_causal, d, beta=config.beta, kernel=config.kernel, causal=True
+    causal = P.Attention.random(
+        k_causal, d, beta=config.beta, kernel=options.kernel(config.kernel), causal=True
     )
     freq = 1 + jnp.arange(d)
 
@@ -181,11 +188,11 @@ def run_gaussian(
 
     causal_ns = [2**k for k in range(4, config.causal_max_log2_n + 1)]
     causal_errors = np.asarray(
-        mf.causal_convergence(
+        S.causal_convergence(
             causal, profile, causal_ns, 8 * causal_ns[-1], jnp.array([0.0, config.t1])
         )[:, -1]
     )
-    causal_slope = mf.fit_power_law(causal_ns, causal_errors)
+    causal_slope = M.fit_power_law(causal_ns, causal_errors)
 
     P.io.save_trajectory(directory / P.io.TRAJECTORY_FILE, trajectory)
     P.io.write_json(
@@ -326,13 +333,16 @@ def run_circle(
         rho0,
         ts,
         beta=config.beta,
-        normalization=config.normalization,
+        normalization=options.normalization(config.normalization),
         limiter=config.limiter,
         rtol=config.rtol,
         atol=config.atol,
     )
     flow = P.AttentionFlow(
-        P.SelfAttention.identity(2, config.beta, normalization=config.normalization), P.Sphere()
+        P.Attention.identity(
+            2, config.beta, normalization=options.normalization(config.normalization)
+        ),
+        P.Sphere(),
     )
     key = jax.random.key(config.seed)
 
@@ -355,7 +365,7 @@ def run_circle(
         w1_n.append([float(W.circle_w1_density(a, eulerian.densities[-1])) for a in final])
     w1_n = np.asarray(w1_n)
     rms = np.sqrt(np.mean(w1_n**2, axis=1))
-    slope = mf.fit_power_law(ns, rms)
+    slope = M.fit_power_law(ns, rms)
 
     P.io.write_json(
         directory / "metrics.json",

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
-from particles import clustering
+from particles import metrics
 
+from .. import _options as options
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 from . import _clusterkit
@@ -82,7 +83,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         x0 = P.clouds.sphere_uniform(key, config.n, d)
 
         def solve(beta, x0=x0, d=d):
-            attention = P.SelfAttention.identity(d, beta, normalization=config.normalization)
+            attention = P.Attention.identity(
+                d, beta, normalization=options.normalization(config.normalization)
+            )
             flow = P.AttentionFlow(attention, P.Sphere())
             return P.simulate(
                 flow, x0, ts, rtol=config.rtol, atol=config.atol, max_steps=config.max_steps
@@ -93,7 +96,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         sphere = "S^1" if d == 2 else f"S^{d - 1}"
         names += [f"{sphere} beta={b:g}" for b in config.betas]
         labels.append(_clusterkit.tracked_labels(group.xs, config.cluster_tol))
-        per_run = jax.vmap(lambda x, b: clustering.cluster_series(x, b, tol=config.cluster_tol))(
+        per_run = jax.vmap(lambda x, b: metrics.cluster_series(x, b, tol=config.cluster_tol))(
             group.xs, betas
         )
         for k, v in per_run.items():

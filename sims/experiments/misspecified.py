@@ -15,7 +15,9 @@ import numpy as np
 
 import particles as P
 from particles import regularity as R
+from particles import wasserstein as W
 
+from .. import _options as options
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 
@@ -69,8 +71,10 @@ class Config:
             raise ValueError(f"drop must be < 1 (a token must stay); got {self.drop}")
         if not self.duplicate <= 1:
             raise ValueError(f"duplicate must be <= 1; got {self.duplicate}")
-        if self.solver not in P.SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(P.SOLVERS)}; got {self.solver!r}")
+        if self.solver not in options.SOLVERS:
+            raise ValueError(
+                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
+            )
 
 
 def _inputs(config: Config, key, amounts: dict):
@@ -94,7 +98,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     from particles import plot
 
     key = jax.random.key(config.seed)
-    attention = P.SelfAttention.identity(config.d, config.beta, normalization=config.normalization)
+    attention = P.Attention.identity(
+        config.d, config.beta, normalization=options.normalization(config.normalization)
+    )
     flow = P.AttentionFlow(attention, P.Sphere())
     ts = jnp.linspace(0.0, config.t1, config.frames)
     amounts = {"noise": config.noise, "drop": config.drop, "duplicate": config.duplicate}
@@ -106,7 +112,13 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         # when ts is concrete, and indexing a closed-over array under jit gives a tracer.
         return jax.vmap(
             lambda x, w: P.simulate(
-                flow, x, ts, weights=w, solver=config.solver, rtol=config.rtol, atol=config.atol
+                flow,
+                x,
+                ts,
+                weights=w,
+                solver=options.solver(config.solver),
+                rtol=config.rtol,
+                atol=config.atol,
             )
         )(clouds, weights)
 
@@ -115,7 +127,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     series = {}
     for k, kind in enumerate(KINDS, start=1):
         series[f"W1 {kind}"] = np.asarray(
-            jax.vmap(lambda a, b, k=k: R.wasserstein(a, b, weights[0], weights[k]))(xs[0], xs[k])
+            jax.vmap(lambda a, b, k=k: W.wasserstein(a, b, weights[0], weights[k]))(xs[0], xs[k])
         )
     rate = float(R.growth_rate_bound(flow))
     measured = {kind: R.separation_rate(ts, series[f"W1 {kind}"]) for kind in KINDS}
@@ -213,6 +225,6 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
 
 
 def _gaps(flow, x0, ys, ws):
-    w1 = jax.vmap(lambda y, w: R.wasserstein(x0, y, None, w))(ys, ws)
+    w1 = jax.vmap(lambda y, w: W.wasserstein(x0, y, None, w))(ys, ws)
     gap = jax.vmap(lambda y, w: R.field_gap(flow, x0, y, None, w))(ys, ws)
     return {"w1": np.asarray(w1), "gap": np.asarray(gap)}

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
-from particles import clustering
+from particles import metrics, studies
 
+from .. import _options as options
 from .._config import require_at_least, require_positive
 from .._registry import experiment
 from . import _clusterkit
@@ -92,14 +93,14 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         top = config.beta_max if norm == "softmax" else config.beta_max_usa
         betas = jnp.linspace(config.beta_min, top, config.num_betas)
         start = time.perf_counter()
-        pd = clustering.phase_diagram(
+        pd = studies.phase_diagram(
             key,
             betas,
             ts,
             n=config.n,
             d=config.d,
             runs=config.runs,
-            normalization=norm,
+            normalization=options.normalization(norm),
             rtol=config.rtol,
             atol=config.atol,
         )
@@ -137,13 +138,13 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     x0 = P.clouds.sphere_uniform(jax.random.split(key, config.runs)[0], config.n, config.d)
 
     def solve(beta):
-        attention = P.SelfAttention.identity(config.d, beta, normalization=norm)
+        attention = P.Attention.identity(config.d, beta, normalization=options.normalization(norm))
         flow = P.AttentionFlow(attention, P.Sphere())
         return P.simulate(flow, x0, ts, rtol=config.rtol, atol=config.atol)
 
     examples = jax.vmap(solve)(example_betas)
     names = [f"{_SHORT[norm]} beta={float(b):.3g}" for b in example_betas]
-    series = jax.vmap(lambda x, b: clustering.cluster_series(x, b, tol=config.cluster_tol))(
+    series = jax.vmap(lambda x, b: metrics.cluster_series(x, b, tol=config.cluster_tol))(
         examples.xs, example_betas
     )
     series = {k: np.asarray(v) for k, v in series.items()}

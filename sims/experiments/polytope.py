@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
-from particles import clustering
+from particles import metrics
 
 from .._config import require_at_least, require_positive
 from .._registry import experiment
@@ -76,24 +76,24 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     ts = jnp.linspace(0.0, config.t1, config.frames)
     names, runs, zs = [], [], []
     for name, V in values.items():
-        flow = P.AttentionFlow(P.SelfAttention(A, A, V, config.beta))
+        flow = P.AttentionFlow(P.Attention(A, A, V, config.beta))
         traj = P.simulate(flow, x0, ts, rtol=config.rtol, atol=config.atol)
         names.append(name)
         runs.append(traj)
-        zs.append(clustering.rescaled(ts, traj.xs, V))
+        zs.append(metrics.rescaled(ts, traj.xs, V))
     if abs(float(jnp.linalg.det(A))) < 1e-6:
         raise ValueError("qk_noise drew a singular Q = K: Q^T K is not positive definite")
     trajectories = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *runs)
     zs = jnp.stack(zs)
     # how far each rescaled token still is from its final position: -> 0 as z converges
     settle = jnp.max(jnp.linalg.norm(zs - zs[:, -1:], axis=-1), axis=-1)
-    vertices = jax.vmap(lambda z: clustering.cluster_count(z[-1], config.cluster_tol))(zs)
+    vertices = jax.vmap(lambda z: metrics.cluster_count(z[-1], config.cluster_tol))(zs)
     # V = diag(1, c): the first coordinate of z is the eigen-direction; distinct values = lines
-    lines = jax.vmap(lambda z: clustering.cluster_count(z[-1][:, :1], config.cluster_tol))(zs)
+    lines = jax.vmap(lambda z: metrics.cluster_count(z[-1][:, :1], config.cluster_tol))(zs)
     series = {
         "rescaled distance to limit": np.asarray(settle),
         "vertices": np.asarray(
-            jax.vmap(jax.vmap(lambda z: clustering.cluster_count(z, config.cluster_tol)))(zs)
+            jax.vmap(jax.vmap(lambda z: metrics.cluster_count(z, config.cluster_tol)))(zs)
         ),
         "max |x|": np.asarray(jnp.max(jnp.linalg.norm(trajectories.xs, axis=-1), axis=-1)),
     }

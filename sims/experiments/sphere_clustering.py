@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import particles as P
-from particles import analysis
+from particles import metrics
 
+from .. import _options as options
 from .. import _replay
 from .._config import require_at_least, require_positive
 from .._registry import experiment
@@ -52,25 +53,35 @@ class Config:
         require_positive(self, "n", "beta", "t1", "rtol", "atol", "cluster_tol", "fps")
         require_at_least(self, "d", 2)
         require_at_least(self, "frames", 2)
-        if self.solver not in P.SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(P.SOLVERS)}; got {self.solver!r}")
+        if self.solver not in options.SOLVERS:
+            raise ValueError(
+                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
+            )
 
 
 @experiment("sphere-clustering", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
     key = jax.random.key(config.seed)
     x0 = P.clouds.sphere_uniform(key, config.n, config.d)
-    attention = P.SelfAttention.identity(config.d, config.beta, normalization=config.normalization)
+    attention = P.Attention.identity(
+        config.d, config.beta, normalization=options.normalization(config.normalization)
+    )
     flow = P.AttentionFlow(attention, P.Sphere())
     ts = jnp.linspace(0.0, config.t1, config.frames)
     trajectory = P.simulate(
-        flow, x0, ts, solver=config.solver, rtol=config.rtol, atol=config.atol, progress=True
+        flow,
+        x0,
+        ts,
+        solver=options.solver(config.solver),
+        rtol=config.rtol,
+        atol=config.atol,
+        progress=True,
     )
     xs = trajectory.xs
     series = {
-        "energy": analysis.over_time(analysis.interaction_energy, xs, config.beta),
-        "clusters": analysis.over_time(analysis.cluster_count, xs, config.cluster_tol),
-        "mean_cosine": analysis.over_time(analysis.mean_pairwise_cosine, xs),
+        "energy": metrics.over_time(metrics.interaction_energy, xs, config.beta),
+        "clusters": metrics.over_time(metrics.cluster_count, xs, config.cluster_tol),
+        "mean_cosine": metrics.over_time(metrics.mean_pairwise_cosine, xs),
         "sphere_drift": P.sphere_drift(xs),
     }
     series = {k: np.asarray(v) for k, v in series.items()}

@@ -1,0 +1,48 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import diffrax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._simulate import simulate
+from ..attention import Attention
+from ..flows import AttentionFlow
+from ..meanfield import causal_error, causal_tokens
+
+
+def causal_convergence(
+    attention: Attention,
+    profile: Callable[[Float[Array, ""]], Float[Array, " d"]],
+    ns: Sequence[int],
+    reference: int,
+    ts: Float[Array, " T"],
+    *,
+    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    rtol: float = 1e-8,
+    atol: float = 1e-8,
+) -> Float[Array, "k T"]:
+    r"""`causal_error` over time between $n$-token causal flows from `profile` and a reference
+    flow of `reference` tokens, for each $n$ in `ns` (each must divide `reference`).
+
+    Returns:
+        Errors `(len(ns), T)`; `fit_power_law(ns, errors[:, -1])` gives the rate (about $-1$
+        for a smooth profile: the $n$-token flow is a Riemann sum of the limit).
+    """
+    if not attention.causal:
+        raise ValueError("attention must be causal (causal=True) for the causal mean-field limit")
+    for n in ns:
+        if reference % int(n):
+            raise ValueError(f"reference = {reference} must be a multiple of every n; got n = {n}")
+    flow = AttentionFlow(attention)
+
+    def run(n):
+        return simulate(
+            flow, causal_tokens(profile, n)[1], ts, solver=solver, rtol=rtol, atol=atol
+        ).xs
+
+    ref = run(reference)
+    return jnp.stack([causal_error(run(int(n)), ref) for n in ns])
