@@ -105,7 +105,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     # the energy relative to its value at one cluster, exp(beta) / (2 beta): a staircase to 1
     run_betas = np.tile(np.asarray(config.betas), len(config.dims))
     series["energy / max"] = series["energy"] / (np.exp(run_betas) / (2 * run_betas))[:, None]
-    steps = np.concatenate([np.asarray(g.num_steps) for g in groups])
+    steps = np.concatenate([np.asarray(g.stats.num_steps) for g in groups])
     _clusterkit.save(
         directory,
         groups,

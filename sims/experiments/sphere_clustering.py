@@ -94,9 +94,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             "final": {k: v[-1] for k, v in series.items()},
             "solver": {
                 "name": config.solver,
-                "num_steps": trajectory.num_steps,
-                "num_accepted": trajectory.num_accepted,
-                "num_rejected": trajectory.num_rejected,
+                "num_steps": trajectory.stats.num_steps,
+                "num_accepted": trajectory.stats.num_accepted,
+                "num_rejected": trajectory.stats.num_rejected,
             },
         },
     )
