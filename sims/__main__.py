@@ -107,6 +107,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--gif", action="store_true", help="write the animation as GIF, not MP4")
     parser.add_argument("--no-animation", action="store_true", help="skip the animation")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes that finish in under 30 s on 2 CPU cores (other flags still apply)",
+    )
 
 
 def _add_replay_options(parser: argparse.ArgumentParser, dpi: int) -> None:
@@ -124,9 +129,7 @@ def _add_replay_options(parser: argparse.ArgumentParser, dpi: int) -> None:
         "cluster_tol, if its config has one)",
     )
     parser.add_argument("--no-clusters", action="store_true", help="one colour for all tokens")
-    parser.add_argument(
-        "--dpi", type=_positive(int), default=dpi, help=f"dots per inch (default: {dpi})"
-    )
+    parser.add_argument("--dpi", type=_positive(int), help=f"dots per inch (default: {dpi})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write (.mp4 or .gif; default RUN_DIR/animation.mp4)",
     )
     animate.add_argument(
-        "--fps", type=_positive(float), default=20.0, help="frames per second (default: 20)"
+        "--fps", type=_positive(float), help="frames per second (default: 20, or the run's)"
     )
     animate.add_argument(
         "--duration", type=_positive(float), metavar="S", help="total seconds (overrides --fps)"
@@ -249,16 +252,20 @@ def _experiment(name: str):
         raise UsageError(e.args[0]) from None
 
 
-def parse_config(name: str, args: list[str]):
-    """Build experiment `name`'s config from `--param value` arguments with tyro."""
+def parse_config(name: str, args: list[str], quick: bool = False):
+    """Build experiment `name`'s config from `--param value` arguments with tyro; with
+    `quick`, the defaults are the `--quick` sizes."""
     import tyro
 
     exp = _experiment(name)
     buf = io.StringIO()
-    prog = f"{_prog()} run {name}"
+    prog = f"{_prog()} run {name}" + (" --quick" if quick else "")
+    default = exp.quick() if quick else None
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            config, unknown = tyro.cli(exp.config, args=args, prog=prog, return_unknown_args=True)
+            config, unknown = tyro.cli(
+                exp.config, args=args, prog=prog, default=default, return_unknown_args=True
+            )
     except SystemExit as e:
         if e.code == 0:  # --help
             print(buf.getvalue().rstrip())
@@ -267,7 +274,9 @@ def parse_config(name: str, args: list[str]):
                 "  --out DIR       run directory (default: runs/NAME-TIMESTAMP)\n"
                 "  --overwrite     replace DIR if it is a complete run of this program\n"
                 "  --gif           write the animation as GIF instead of MP4\n"
-                "  --no-animation  skip the animation"
+                "  --no-animation  skip the animation\n"
+                "  --quick         small sizes, under 30 s on 2 CPU cores (with --quick, --help\n"
+                "                  shows the quick defaults)"
             )
             if any("solver" in f.name for f in _fields(exp.config)):
                 print(f"\nsolvers: {', '.join(solver_names())}")
@@ -297,7 +306,7 @@ def run_command(name: str, args: list[str], options: argparse.Namespace, typed: 
     for key, value in vars(later).items():
         if value not in (None, False):
             setattr(options, key, value)
-    config = parse_config(name, params)
+    config = parse_config(name, params, quick=options.quick)
     try:
         out = sims.run(
             config,
@@ -326,36 +335,14 @@ def replay_command(command: str, opts: argparse.Namespace) -> list[Path]:
 
     try:
         _replay.check_complete(opts.run_dir)
-        run = _replay.load(opts.run_dir)
-        tol = None if opts.no_clusters else (opts.cluster_tol or run.cluster_tol)
-        series = opts.series.split(",") if opts.series else None
-        if command == "plot":
-            written = _replay.draw_figures(run, series=series, cluster_tol=tol, dpi=opts.dpi)
+        exp = _replay.experiment_of(opts.run_dir)
+        hook = None
+        if exp is not None:
+            hook = exp.draw_figures if command == "plot" else exp.draw_animations
+        if hook is not None:
+            written = _own_drawings(command, exp, hook, opts)
         else:
-            options = {"fps": opts.fps, "dpi": opts.dpi}
-            if opts.duration is not None:
-                options["duration"] = opts.duration
-            if opts.resolution is not None:
-                options["resolution"] = opts.resolution
-            if opts.view is not None:
-                options["view"] = opts.view
-            if opts.every is not None:
-                options["frames"] = range(0, len(run.ts), opts.every)
-            out = opts.out
-            if out is not None and out.suffix not in (".mp4", ".gif"):
-                raise UsageError(f"--out must end in .mp4 or .gif; got {out.name}")
-            written = [
-                _replay.draw_animation(
-                    run,
-                    out,
-                    gif=opts.gif,
-                    series=series,
-                    cluster_tol=tol,
-                    trail=opts.trail,
-                    progress=not opts.quiet,
-                    **options,
-                )
-            ]
+            written = _generic_drawings(command, opts)
     except _replay.ReplayError as e:
         raise UsageError(str(e)) from None
     except OSError as e:  # writing: a read-only directory, a full disk
@@ -363,6 +350,73 @@ def replay_command(command: str, opts: argparse.Namespace) -> list[Path]:
         raise UsageError(f"{where}: cannot write ({e.strerror or e})") from None
     for path in written:
         print(f"wrote {path}  ({path.stat().st_size / 1024:.1f} KiB)")
+    return written
+
+
+def _own_drawings(command: str, exp, hook, opts: argparse.Namespace) -> list[Path]:
+    """An experiment's own figures or animations, drawn by the functions it registered."""
+    from sims import _replay
+
+    directory = Path(opts.run_dir)
+    given = {"dpi": opts.dpi}
+    if command == "animate":
+        if opts.out is not None or opts.series or opts.cluster_tol or opts.no_clusters:
+            raise UsageError(
+                f"{exp.name} draws its own animations: --out, --series and the cluster "
+                "options apply to trajectory-only runs"
+            )
+        given.update(fps=opts.fps, duration=opts.duration, resolution=opts.resolution)
+        given.update(view=opts.view, trail=opts.trail or None)
+    elif opts.series or opts.cluster_tol or opts.no_clusters:
+        raise UsageError(
+            f"{exp.name} draws its own figures: --series and the cluster options apply to "
+            "trajectory-only runs"
+        )
+    options = {k: v for k, v in given.items() if v is not None}
+    try:
+        if command == "plot":
+            return hook(directory, **options)
+        return hook(directory, gif=opts.gif, progress=not opts.quiet, **options)
+    except (FileNotFoundError, ValueError, KeyError, IndexError, TypeError) as e:
+        message = str(e).strip("'\"") or type(e).__name__
+        raise _replay.ReplayError(f"{directory}: cannot redraw {exp.name} ({message})") from None
+
+
+def _generic_drawings(command: str, opts: argparse.Namespace) -> list[Path]:
+    """Figures and animation of a run that holds a trajectory (any experiment's, or one
+    saved by `particles.io.save_run`)."""
+    from sims import _replay
+
+    run = _replay.load(opts.run_dir)
+    tol = None if opts.no_clusters else (opts.cluster_tol or run.cluster_tol)
+    series = opts.series.split(",") if opts.series else None
+    if command == "plot":
+        written = _replay.draw_figures(run, series=series, cluster_tol=tol, dpi=opts.dpi or 110)
+    else:
+        options = {"fps": opts.fps or 20, "dpi": opts.dpi or 100}
+        if opts.duration is not None:
+            options["duration"] = opts.duration
+        if opts.resolution is not None:
+            options["resolution"] = opts.resolution
+        if opts.view is not None:
+            options["view"] = opts.view
+        if opts.every is not None:
+            options["frames"] = range(0, len(run.ts), opts.every)
+        out = opts.out
+        if out is not None and out.suffix not in (".mp4", ".gif"):
+            raise UsageError(f"--out must end in .mp4 or .gif; got {out.name}")
+        written = [
+            _replay.draw_animation(
+                run,
+                out,
+                gif=opts.gif,
+                series=series,
+                cluster_tol=tol,
+                trail=opts.trail,
+                progress=not opts.quiet,
+                **options,
+            )
+        ]
     return written
 
 

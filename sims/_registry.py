@@ -30,6 +30,26 @@ class Experiment:
     run: Callable[[Any, Path], None]
     summary: str
 
+    def quick(self, **overrides):
+        """The config of `--quick` (see `sims._quick`), with `overrides` on top."""
+        from ._quick import QUICK
+
+        if self.name not in QUICK:
+            raise KeyError(f"experiment {self.name!r} has no --quick parameters in sims._quick")
+        return self.config(**{**QUICK[self.name], **overrides})
+
+    @property
+    def draw_figures(self) -> Callable[..., list[Path]] | None:
+        """Its own figures from a run directory (see `figures`), if it registered them."""
+        _discover()
+        return _FIGURES.get(self.name)
+
+    @property
+    def draw_animations(self) -> Callable[..., list[Path]] | None:
+        """Its own animations from a run directory (see `animations`), if registered."""
+        _discover()
+        return _ANIMATIONS.get(self.name)
+
     @property
     def summarize(self) -> Callable[[dict], list[str]] | None:
         """The module's `summary(metrics)`, if it defines one."""
@@ -38,7 +58,32 @@ class Experiment:
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
+_FIGURES: dict[str, Callable[..., list[Path]]] = {}
+_ANIMATIONS: dict[str, Callable[..., list[Path]]] = {}
 _DISCOVERED = False
+
+
+def figures(name: str):
+    """Register `fn(directory, *, dpi=None) -> [paths]`, which draws experiment `name`'s
+    figures from the files of its run directory alone (`python -m sims plot`)."""
+
+    def register(fn):
+        _FIGURES[name] = fn
+        return fn
+
+    return register
+
+
+def animations(name: str):
+    """Register `fn(directory, *, gif=False, progress=True, **options) -> [paths]`, which
+    renders experiment `name`'s animations from its run directory (`python -m sims animate`);
+    `options` are those of `particles.plot.animate` the user gave (fps, dpi, ...)."""
+
+    def register(fn):
+        _ANIMATIONS[name] = fn
+        return fn
+
+    return register
 
 
 def experiment(name: str, config: type):

@@ -67,6 +67,23 @@ def check_complete(directory: str | Path) -> None:
         )
 
 
+def experiment_of(directory: str | Path):
+    """The registered experiment that wrote `directory` (from its config.json), or `None`
+    (a run saved by `particles.io.save_run`, an unknown name, an unreadable file: the
+    generic redraw then reports what is wrong)."""
+    from . import _registry
+
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = P.io.read_json(path)
+    except (OSError, ValueError):
+        return None
+    name = config.get("experiment") if isinstance(config, dict) else None
+    return _registry.list_experiments().get(name) if isinstance(name, str) else None
+
+
 def load(directory: str | Path) -> SavedRun:
     """Read a run directory written by `sims.run` (or `particles.io.save_run`)."""
     directory = Path(directory)
