@@ -16,7 +16,13 @@ from sims import _files
 from sims.__main__ import main, parse_config
 from sims._quick import QUICK
 
-OWN_DRAWINGS = {"sphere-clustering", "polytope", "causal"}  # redraw exactly what the run drew
+OWN_DRAWINGS = {
+    "sphere-clustering",
+    "polytope",
+    "causal",
+    "clustering",
+    "metastability",
+}  # redraw exactly what the run drew
 CHEAP = ["sphere-clustering", "polytope"]
 
 
