@@ -16,13 +16,15 @@ from sims import _files
 from sims.__main__ import main, parse_config
 from sims._quick import QUICK
 
+# experiments whose figures and animations are drawn from their run directory alone
 OWN_DRAWINGS = {
     "sphere-clustering",
     "polytope",
     "causal",
     "clustering",
     "metastability",
-}  # redraw exactly what the run drew
+    "phase-diagram",
+}
 CHEAP = ["sphere-clustering", "polytope"]
 
 
