@@ -24,6 +24,7 @@ OWN_DRAWINGS = {
     "clustering",
     "metastability",
     "phase-diagram",
+    "deep-limit",
 }
 CHEAP = ["sphere-clustering", "polytope"]
 
