@@ -25,6 +25,7 @@ OWN_DRAWINGS = {
     "metastability",
     "phase-diagram",
     "deep-limit",
+    "mean-field-circle",
 }
 CHEAP = ["sphere-clustering", "polytope"]
 

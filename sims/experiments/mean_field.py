@@ -22,8 +22,9 @@ from particles import studies as S
 from particles import wasserstein as W
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,8 +323,6 @@ class CircleConfig:
 def run_circle(
     config: CircleConfig, directory: Path, *, gif: bool = False, animation: bool = True
 ) -> None:
-    from particles import plot
-
     theta = mf.circle_grid(config.cells)
     rho0 = mf.circle_density(
         1 + config.modes * jnp.cos(theta) + config.modes / 2 * jnp.sin(2 * theta)
@@ -378,30 +377,77 @@ def run_circle(
             },
             "max_mass_error": float(jnp.max(jnp.abs(eulerian.mass - 1))),
             "eulerian_steps": int(eulerian.num_steps),
-            "convergence": {"ns": ns, "w1_at_t1": w1_n, "rms": rms, "slope": slope[0]},
+            "convergence": {
+                "ns": ns,
+                "w1_at_t1": w1_n,
+                "rms": rms,
+                "slope": slope[0],
+                "prefactor": slope[1],
+            },
         },
     )
     P.io.save_run(
         directory,
         arrays={"ts": ts, "theta": theta, "densities": eulerian.densities, "angles": angles},
     )
-    fig = plot.sample_convergence_figure(
-        ns,
-        {"W1(particles, density)": rms},
-        {"W1(particles, density)": slope},
-        ylabel=f"RMS W1 at t = {config.t1:g}",
-        title=f"circle, {config.normalization}, beta = {config.beta:g}: particles vs Eulerian",
-    )
-    fig.savefig(directory / "convergence.png", dpi=120)
-    fig = plot.density_snapshots(ts, theta, eulerian.densities, angles)
-    fig.savefig(directory / "snapshots.png", dpi=120)
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw_circle(directory)
     if animation:
-        plot.circle_animation(
-            ts,
-            angles,
-            theta,
-            eulerian.densities,
-            directory / ("animation.gif" if gif else "animation.mp4"),
-            fps=config.fps,
-            title=f"n = {config.n} particles over the Eulerian density ({config.cells} cells)",
+        render_circle(directory, gif=gif)
+
+
+@figures("mean-field-circle")
+def draw_circle(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`convergence.png` (W1 against n) and `snapshots.png` (particles over the density)."""
+    import matplotlib.pyplot as plt
+
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    c = P.io.read_json(directory / "metrics.json")["convergence"]
+    arrays = P.io.load_arrays(directory / "arrays.npz")
+    out = [directory / "convergence.png", directory / "snapshots.png"]
+    try:
+        fig = plot.sample_convergence_figure(
+            c["ns"],
+            {"W1(particles, density)": np.asarray(c["rms"])},
+            {"W1(particles, density)": (c["slope"], c["prefactor"])},
+            ylabel=f"RMS W1 at t = {config['t1']:g}",
+            title=f"circle, {config['normalization']}, beta = {config['beta']:g}: "
+            "particles vs Eulerian",
         )
+        with _replay.writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        fig = plot.density_snapshots(
+            arrays["ts"], arrays["theta"], arrays["densities"], arrays["angles"]
+        )
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("mean-field-circle")
+def render_circle(
+    directory: Path, *, gif: bool = False, progress: bool = True, **options
+) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the particles over the Eulerian density."""
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    arrays = P.io.load_arrays(directory / "arrays.npz")
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
+        plot.circle_animation(
+            arrays["ts"],
+            arrays["angles"],
+            arrays["theta"],
+            arrays["densities"],
+            tmp,
+            title=f"n = {config['n']} particles over the Eulerian density ({config['cells']} cells)",
+            progress=progress,
+            **options,
+        )
+    return [out]
