@@ -184,7 +184,7 @@ def test_list_prints_every_summary_whole(capsys):
             ["run", "sphere-clustering", "--help"],
             ["--beta FLOAT", "inverse temperature", "(default: 9.0)", "--overwrite"],
         ),
-        (["--version"], ["particles 0.1.0"]),
+        (["--version"], [f"particles {__import__('particles').__version__}\n"]),
     ],
 )
 def test_help_and_version_answer(argv, expected, capsys):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,7 +64,8 @@ def _only_line(err: str) -> str:
 
 
 def _progress(line: str) -> bool:
-    return "|" in line and ("%/s]" in line or "frame/s]" in line or "it/s]" in line)
+    """A tqdm bar: `... |████      | [00:01<00:02, ...]`."""
+    return re.search(r"\|.*\| .*\[\d\d:\d\d", line) is not None
 
 
 def _no_leftovers(folder: Path) -> None:
