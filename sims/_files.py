@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -104,19 +105,20 @@ def media_problem(path: Path) -> str | None:
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path beside `path` (same suffix, so writers that infer the
-    format from it still work); on success it replaces `path` with mode 0644 (under umask
-    022), on any exception or interruption it is removed and `path` is left as it was.
-    A figure or video that comes out incomplete (see `media_problem`) is an `OSError`."""
+    """Yield a temporary path for `path`: a file of the same name in a hidden temporary
+    directory beside it (`.NAME.XXXXXXXX.partial/NAME`, so writers that take the format or a
+    progress-bar label from the name see the real one). On success it replaces `path` with
+    mode 0644 (under umask 022); on any exception or interruption it is removed and `path`
+    is left as it was. A figure or video that comes out incomplete (see `media_problem`) is
+    an `OSError`, as is any failure to write, with `path` as its file name."""
     path = Path(path)
     try:
-        fd, name = tempfile.mkstemp(
-            prefix=f".{path.stem}.", suffix=f"{PARTIAL_SUFFIX}{path.suffix}", dir=path.parent
+        folder = Path(
+            tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
         )
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None
-    os.close(fd)
-    tmp = Path(name)
+    tmp = folder / path.name
     try:
         yield tmp
         problem = media_problem(tmp)
@@ -127,8 +129,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except OSError as e:  # name the file meant, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        with signals_held():  # a signal now must not leave the temporary folder behind
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def target_name(name: str) -> str:

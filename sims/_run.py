@@ -161,7 +161,12 @@ def _put_in_place(tmp: Path, out: Path) -> None:
         except BaseException:
             os.rename(aside, out)
             raise
-        shutil.rmtree(aside, ignore_errors=True)
+        _discard(aside)
+
+
+def _discard(old_run: Path) -> None:
+    """Remove the old run renamed aside, once the new one is in place."""
+    shutil.rmtree(old_run, ignore_errors=True)
 
 
 def _oserror_message(out: Path, e: OSError) -> str:

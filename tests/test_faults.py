@@ -140,6 +140,7 @@ class Checkpoints:
         self.wrap(os, "replace", "replace")
         self.wrap(os, "rename", "rename")
         self.wrap(shutil, "rmtree", "rmtree")
+        self.wrap(sims._run, "_discard", "discard")
         self.wrap(_files, "normalize_modes", "normalize_modes")
         self.wrap(matplotlib.figure.Figure, "savefig", "savefig")
         self.wrap(_animate.Renderer, "render", "render")
@@ -168,12 +169,13 @@ RUN_POINTS = [
     # the swap runs with signals held: a signal there is delivered once the new run is in
     ("rename", 1, "swapping", "new"),  # the old run, aside
     ("rename", 2, "swapping", "new"),  # the new run, into place
-    ("rmtree", 1, "swapping", "new"),  # the old run, removed
+    ("discard", 1, "swapping", "new"),  # the old run, removed
 ]
 REPLAY_POINTS = [
     ("plot", "savefig", 1),
     ("plot", "replace", 1),  # figure.png, complete, about to replace the old one
     ("plot", "savefig", 2),
+    ("plot", "rmtree", 1),  # removing the temporary folder of figure.png, once renamed
     ("animate", "render", 2),
     ("animate", "write_mp4", 1),
     ("animate", "replace", 2),  # the finished MP4 over the old animation.mp4
