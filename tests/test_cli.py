@@ -400,3 +400,18 @@ def test_runtime_dependencies_cover_the_experiments():
         "ipywidgets",
     } <= notebooks
     assert any(d.startswith("hypothesis") for d in extras["test"])
+
+
+@pytest.mark.parametrize(
+    "argv0, prog",
+    [
+        ("/venv/bin/particles-sims", "particles-sims"),
+        ("/work/particles/sims/__main__.py", "python -m sims"),
+        ("-m", "python -m sims"),
+    ],
+)
+def test_the_command_is_recorded_as_typed(argv0, prog, monkeypatch):
+    from sims.__main__ import _prog
+
+    monkeypatch.setattr(sys, "argv", [argv0, "run", "polytope"])
+    assert _prog() == prog
