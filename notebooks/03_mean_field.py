@@ -74,8 +74,9 @@ plot.gaussian_snapshots(ts, trajectory.xs, solution.means, solution.covs, indice
 # ### Blow-up
 #
 # With $Q = K = V = I$ the covariance obeys $S' = 2\beta S^2$, which blows up at
-# $t_* = 1/(2\beta\lambda_{\max}(S_0))$. The solver stops at the crossing of a threshold and
-# reports it; values after it are NaN, never inf.
+# $t_* = 1/(2\beta\lambda_{\max}(S_0))$. The solver watches the covariance alone, against its
+# own Riccati trend $t_* \approx t + |S|_F^2 / \langle S, S' \rangle$: it stops just before a
+# blow-up that lies before the horizon and reports it; values after it are NaN, never inf.
 
 # %%
 blow = mf.gaussian_flow(
@@ -84,7 +85,7 @@ blow = mf.gaussian_flow(
 print(
     "blew up:",
     bool(blow.blew_up),
-    " crossing at",
+    " stopped at",
     float(blow.blowup_time),
     " extrapolated t* =",
     float(blow.blowup_estimate),
@@ -98,6 +99,29 @@ l2 = mf.gaussian_flow(
 )
 print(
     "L2 attention blew up:", bool(l2.blew_up), " S(3) =", np.asarray(l2.covs[-1]).round(3).tolist()
+)
+
+# %% [markdown]
+# A mean that grows like $e^t$ is not a blow-up. From $S_0 = 10^{-3} I$, $m_0 = e_1$ the
+# covariance $S(t) = S_0 / (1 - 2 \cdot 10^{-3} t)$ is finite until $t_* = 500$ while
+# $|m(t)|^2$ passes $10^{17}$ by $t = 20$.
+
+# %%
+e1 = jnp.array([1.0, 0.0])
+slow = mf.gaussian_flow(
+    P.Attention.identity(2, 1.0), e1, 1e-3 * jnp.eye(2), jnp.linspace(0.0, 20.0, 5)
+)
+print(
+    "blew up:",
+    bool(slow.blew_up),
+    " S(20)[0, 0] =",
+    float(slow.covs[-1, 0, 0]),
+    " exact",
+    1e-3 / (1 - 2e-3 * 20),
+    " m(20)[0] =",
+    float(slow.means[-1, 0]),
+    " exact",
+    float(np.exp(20.0) / np.sqrt(1 - 2e-3 * 20)),
 )
 
 # %% [markdown]

@@ -54,11 +54,13 @@ def clouds(draw, min_n=1, max_n=10, max_d=4, sphere=False):
         dtype=np.float64,
     ).reshape(n, d)
     if sphere:
-        x[:, 0] += 0.5  # keep rows away from zero before normalising
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        # rows too short to normalise in float32 become the first basis vector
+        x = np.where(norms > 1e-3, x / np.maximum(norms, 1e-3), np.eye(d)[0])
     raw = np.asarray(draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n)), np.float64)
     zeros = draw(st.lists(st.booleans(), min_size=n, max_size=n))
-    raw = np.where(zeros, 0.0, raw)
+    # a weight is zero or at least 1e-6: subnormal weights would be zero in float32
+    raw = np.where(zeros | (raw < 1e-6), 0.0, raw)
     if raw.sum() <= 1e-3:
         raw[draw(st.integers(0, n - 1))] = 1.0
     return x.astype(dtype), (raw / raw.sum()).astype(dtype)

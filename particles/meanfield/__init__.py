@@ -9,15 +9,18 @@ Geshkovski, Letrouit, Polyanskiy, Rigollet 2023). This module computes with that
 - **Gaussian closed form**: for softmax attention in $\mathbb{R}^d$ (dot-product or L2 kernel,
   one or several heads) the field of a Gaussian is affine, so Gaussians stay Gaussian and the
   limit is an ODE for the mean and covariance (`gaussian_flow`), with finite-time blow-up of
-  the covariance detected and reported;
+  the covariance detected against its Riccati trend and reported; other kernels and
+  normalizations raise `NotImplementedError` naming them;
 - **Eulerian solver on the circle** $S^1$: the density itself, evolved by a conservative
-  finite-volume scheme whose velocity is an FFT convolution (`circle_flow`);
+  finite-volume scheme (mass conserved to rounding) whose velocity is an FFT convolution
+  (`circle_flow`);
 - **causal attention**: tokens carry a position $s \in [0, 1]$; the $n$-token causal flow
-  converges to a limit profile $X(t, s)$ (`causal_tokens`, `causal_error`);
-- **studies**: propagation of chaos (`propagation_of_chaos`) and Wasserstein stability
-  (`stability`), with log-log rate fits (`fit_power_law`).
+  converges to a limit profile $X(t, s)$ (`causal_tokens`, `causal_error`).
 
-Distances between measures are in `particles.wasserstein`.
+The measurements that simulate particles against these limits (propagation of chaos,
+Wasserstein stability, causal convergence) are in `particles.studies`, rate fits in
+`particles.metrics`, distances between measures in `particles.wasserstein`. The equations and
+the exact facts the tests check are in `docs/theory.md`, section 4.
 """
 
 from ._causal import causal_error as causal_error

@@ -1,4 +1,20 @@
-"""TODO docstring."""
+r"""The mean-field equation on the circle, solved for the density itself.
+
+On $S^1 \subset \mathbb{R}^2$ with $Q = K = V = I$ the attention velocity of a density $\rho$
+is a convolution (`circle_velocity`), and the mean-field limit of the particle flow is the
+continuity equation
+
+$$ \partial_t \rho + \partial_\theta \big(\rho\, u[\rho]\big) = 0, $$
+
+which `circle_flow` solves by finite volumes on a uniform grid (`circle_grid`) with diffrax in
+time. `circle_sample`, `circle_points` and `circle_angles` move between densities, angles and
+unit vectors, so that the same initial law can be given to the particle solver and compared
+with `particles.wasserstein.circle_w1_density`.
+
+Geshkovski, Letrouit, Polyanskiy, Rigollet, *The emergence of clusters in self-attention
+dynamics* (2023); the scheme, and what it does and does not preserve, are in
+`docs/theory.md`, section 4.3.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +29,18 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._checks import check_choice, check_supported, value_check
 from .._solve import AbstractSolution, Stats, check_solver, check_times, solve, stats
 from ..attention import AbstractNormalization, Softmax, Unnormalized
+
+__all__ = [
+    "LIMITERS",
+    "CircleSolution",
+    "circle_angles",
+    "circle_density",
+    "circle_flow",
+    "circle_grid",
+    "circle_points",
+    "circle_sample",
+    "circle_velocity",
+]
 
 _TWO_PI = 2 * math.pi
 
@@ -36,7 +64,8 @@ def circle_grid(cells: int) -> Float[Array, " N"]:
 
 
 def circle_density(values: Float[Array, " N"]) -> Float[Array, " N"]:
-    r"""Normalise nonnegative cell values into a probability density: $\rho_i = v_i / (h \sum_j v_j)$."""
+    r"""Normalise nonnegative cell values into a probability density:
+    $\rho_i = v_i / (h \sum_j v_j)$."""
     values = jnp.asarray(values)
     if values.ndim != 1 or values.shape[0] < 4:
         raise ValueError(
@@ -112,6 +141,15 @@ def circle_velocity(
     convolution with the cell averages is the midpoint rule in each cell, evaluated by FFT in
     $O(N \log N)$; for SA both kernels carry a factor $e^{-\beta}$ that cancels and keeps them
     $\le 1$.
+
+    Args:
+        density: cell averages $\rho_i$ on `circle_grid(N)`.
+        beta: inverse temperature $\beta > 0$.
+        normalization: `Softmax()` (SA) or `Unnormalized()` (USA); any other raises
+            `NotImplementedError` naming it.
+
+    Returns:
+        $u(\phi_i)$ at the faces $\phi_i = i h$, `(N,)`.
     """
     density = jnp.asarray(density)
     check_supported(
@@ -149,13 +187,18 @@ def _slopes(rho, limiter):
     return jnp.where(prod > 0, 2 * prod / jnp.where(prod > 0, back + fwd, 1), 0)
 
 
+def _face_states(rho, limiter):
+    r"""The two states at face $i$: reconstructed from cell $i - 1$ (`left`) and from cell
+    $i$ (`right`). The limited slopes put both between $\rho_{i-1}$ and $\rho_i$."""
+    s = _slopes(rho, limiter)
+    return jnp.roll(rho + s / 2, 1), rho - s / 2
+
+
 def _circle_rhs(rho, beta, normalization, limiter):
     cells = rho.shape[0]
     h = _TWO_PI / cells
     u = circle_velocity(rho, beta, normalization)
-    s = _slopes(rho, limiter)
-    left = jnp.roll(rho + s / 2, 1)  # state at face i reconstructed from cell i - 1
-    right = rho - s / 2  # ... and from cell i
+    left, right = _face_states(rho, limiter)
     flux = jnp.maximum(u, 0) * left + jnp.minimum(u, 0) * right
     # telescoping differences: sum_i (F_{i+1} - F_i) = 0, so mass is conserved to rounding
     return -(jnp.roll(flux, -1) - flux) / h
@@ -208,9 +251,31 @@ def circle_flow(
 
     the continuity equation whose empirical solutions are the particles of
     `AttentionFlow(Attention.identity(2, beta, normalization=...), Sphere())`. Finite
-    volumes: MUSCL reconstruction of the cell averages with a slope limiter (second order where
-    the density is smooth, no new extrema), the upwind flux at each face, and diffrax for time.
-    The update is a difference of face fluxes, so the total mass is conserved to rounding.
+    volumes: the face states are reconstructed from the cell averages with limited slopes
+    (MUSCL; second order where the density is smooth), the flux at each face is upwind,
+    $F_i = \max(u_i, 0)\,\rho^-_i + \min(u_i, 0)\,\rho^+_i$, and diffrax integrates
+    $\rho_i' = -(F_{i+1} - F_i) / h$ in time (docs/theory.md 4.3).
+
+    **What holds.**
+
+    - *Mass* is conserved to rounding, by every explicit Runge-Kutta method (Tsit5 and the
+      other explicit diffrax solvers) at any step: the update is a difference of face fluxes,
+      each stage a combination of such differences, and $\sum_i (F_{i+1} - F_i) = 0$ on the
+      periodic grid.
+    - *Face states*: the limiters put each reconstructed face state between the averages of
+      the two cells that share the face (`"upwind"` uses the cell averages themselves).
+    - *Nonnegativity* of the semi-discrete scheme: a cell with $\rho_i = 0$ gets zero slope
+      and zero face states, so its fluxes only bring mass in and $\rho_i' \ge 0$. One forward
+      Euler step keeps $\rho \ge 0$ under the CFL condition $\Delta t \max_i |u_i| \le h/2$
+      (the two face states of a cell average to $\rho_i$, so each is at most $2\rho_i$), and
+      so does a strong-stability-preserving Runge-Kutta method under its own multiple of that
+      step. The default Tsit5 is not strong-stability-preserving: the fully discrete density
+      stays nonnegative only up to the step tolerance.
+
+    **What does not hold.** No maximum principle and no diminishing total variation: along the
+    flow $\partial_t \rho + u\, \partial_\theta \rho = -\rho\, \partial_\theta u$, so the
+    density grows where the velocity converges, which is clustering. New maxima are the
+    solution, not an artefact; the limiter only keeps the reconstruction from oscillating.
 
     Args:
         density: initial cell averages $\rho_i$ on `circle_grid(N)` with $\sum_i \rho_i h = 1$.

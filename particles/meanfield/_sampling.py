@@ -1,4 +1,12 @@
-"""TODO docstring."""
+r"""Weighted empirical measures: their moments, resampling, mixtures and Gaussian mixtures.
+
+A cloud $x_1, \dots, x_n$ with weights $w_j \ge 0$, $\sum_j w_j = 1$, is the measure
+$\mu = \sum_j w_j \delta_{x_j}$, the object the mean-field equation moves. `moments` gives the
+mean and covariance of $\mu$ (what the Gaussian closed form predicts), `resample` draws an
+equally weighted cloud that approximates $\mu$, `mixture` merges two measures into
+$p\mu + (1 - p)\nu$, and `gaussian_mixture` samples $\sum_k p_k N(m_k, S_k)$. See
+`docs/theory.md`, section 4 (Vuckovic, Baratin, Tachet des Combes 2020).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,8 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import check_choice, check_cloud, check_weights, is_concrete
+
+__all__ = ["gaussian_mixture", "mixture", "moments", "resample"]
 
 
 def _uniform(n, dtype):

@@ -1,4 +1,13 @@
-"""TODO docstring."""
+r"""Clouds with large local Lipschitz constants: built by hand, or found by gradient ascent.
+
+`adversarial_cloud` builds the configuration behind the $\sqrt{n}$ lower bound of Castin,
+Ablin, Peyré (*How Smooth Is Attention?*, ICML 2024): one leader attended by the $n - 1$
+other tokens, so that moving it moves $n - 1$ outputs and $\|DF\|_2 \gtrsim \sqrt{n - 1}$.
+The logit gap that makes the followers follow is derived for both signs of the dominant
+eigenvalue of $\mathrm{sym}(Q^\top K)$ (`best_gap` chooses it). `worst_cloud` searches for
+clouds with a larger constant by projected gradient ascent on the top singular value of
+$DF(X)$, over the ball of radius $R$ or the unit sphere.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +19,51 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import check_positive, is_concrete
+from .._checks import check_positive, check_supported, is_concrete
 from ..attention import Attention, DotProduct
 from ..flows import AttentionFlow
 from ..spaces import Sphere
 from ._jacobian import Model, _prepare, _unit
 
+__all__ = ["CloudSearch", "adversarial_cloud", "best_gap", "worst_cloud"]
 
-def _leader_direction(attention: Attention):
+
+def _leader_direction(Q, K):
     """Unit eigenvector $u$ of the symmetric part of $Q^\\top K$ of largest $|\\lambda|$,
     and $\\lambda = \\langle Q u, K u\\rangle$."""
-    M = attention.Q.T @ attention.K
+    M = Q.T @ K
     vals, vecs = jnp.linalg.eigh((M + M.T) / 2)
     i = jnp.argmax(jnp.abs(vals))
     return vecs[:, i], vals[i]
 
 
-def _leader_cloud(u, radius, offset, n):
-    x = jnp.broadcast_to(offset * radius * u, (n, u.shape[0]))
-    return x.at[0].set(radius * u)
+def best_gap(n, top=None) -> Float[Array, ""]:
+    r"""The logit gap $\Delta^*$ that maximises $p\,(1 + (1 - p)\Delta)$,
+    $p = 1/(1 + (n - 1)e^{-\Delta})$, over $0 < \Delta \le$ `top` (`None`: no cap).
+
+    Setting the derivative $p(1-p)\,(2 + (1 - 2p)\Delta)$ to zero gives the unique root of
+    $(2p - 1)\Delta = 2$, so $p^* = 1/2 + 1/\Delta^*$, and $\Delta^* \approx \log(n - 1) +
+    4/\log(n - 1)$ for large $n$: $p^*$ tends to $1/2$ only like $1/\log n$. Measured (float64):
+    $\Delta^*$ = 2.399, 3.333, 3.857, 4.412, 5.593 and $p^*$ = 0.917, 0.800, 0.759, 0.727,
+    0.679 at $n$ = 2, 8, 16, 32, 128 (against $\log(n - 1)$ = 0, 1.95, 2.71, 3.43, 4.84). Solved
+    by bisection to rounding; capped at `top` (the largest gap the ball allows), where the
+    estimate still increases.
+    """
+    n = jnp.asarray(n, dtype=jnp.result_type(float))
+    log_m = jnp.log(n - 1)
+
+    def excess(g):
+        # (2p - 1) g - 2 with 2p - 1 = tanh((g - log(n - 1)) / 2), stable for large n
+        return jnp.tanh((g - log_m) / 2) * g - 2
+
+    # excess(0) = -2 < 0 and excess(log(n - 1) + 4) >= tanh(2) * 4 - 2 > 0
+    lo, hi = jnp.zeros_like(log_m), log_m + 4
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        below = excess(mid) < 0
+        lo, hi = jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+    gap = (lo + hi) / 2
+    return gap if top is None else jnp.minimum(gap, top)
 
 
 def adversarial_cloud(
@@ -37,62 +72,75 @@ def adversarial_cloud(
     radius: float,
     *,
     offset: float | None = None,
+    head: int = 0,
 ) -> Float[Array, "n d"]:
     r"""A cloud in the ball of radius $R$ where one token is attended by all the others.
 
-    The mechanism behind the $\sqrt{n}$ lower bound of Castin, Ablin, Peyré (2024): one token
-    attended by all the others, placed along an extreme eigenvector of $K^\top Q$. The exact
-    positions below are ours (we could not check the paper's). Let $u$ be a unit eigenvector
-    of the symmetric part of $K^\top Q$ with eigenvalue $\lambda$ of largest modulus. The
-    leader is $x_1 = R u$ (first, so that causal attention sees it too) and the $n - 1$
-    others sit at $x_i = a u$, $a = R\,\cdot$ `offset`. Their logit gap towards the leader is
-    $\Delta = \beta\langle Q x_i, K x_1\rangle - \beta\langle Q x_i, K x_i\rangle
-    = \beta \lambda a (R - a) \le \beta|\lambda| R^2 / 4$ (at $a = R/2$), so with $a$ of the
-    sign of $\lambda$ they attend to the leader with weight $p = 1/(1 + (n-1)e^{-\Delta})$,
-    and moving the leader by $u$ moves $n - 1$ outputs by about
-    $|V u|\,p\,(1 + (1 - p)\Delta)$ each: $\|DF\|_2 \gtrsim \sqrt{n - 1}\,p(1 + (1-p)\Delta)$.
-    This grows like $\sqrt{n}$ while $(n - 1) e^{-\Delta} \ll 1$ and stops growing once $n$
-    passes $e^{\beta|\lambda|R^2/4}$.
+    The mechanism behind the $\sqrt{n}$ lower bound of Castin, Ablin, Peyré (2024): one
+    token attended by all the others. The exact positions below are ours. Let $u$ be a unit
+    eigenvector of the symmetric part of $Q^\top K$ (of head `head`) with eigenvalue
+    $\lambda$ of largest modulus. The leader is $x_1 = R u$ (first, so that causal
+    attention sees it too) and the $n - 1$ followers sit together at $x_i = s u$. A
+    follower's logits are $\beta\lambda s R$ towards the leader and $\beta\lambda s^2$
+    towards every follower (itself included), so its gap towards the leader is
+    $\Delta = \beta\lambda\, s (R - s)$, positive when $s$ has the sign of $\lambda$:
 
-    With `offset=None` the gap is chosen to maximise that estimate,
-    $\Delta^* = \arg\max_{0 < \Delta \le \beta|\lambda|R^2/4} p(1 + (1-p)\Delta)$ (our choice:
-    $\Delta^* \approx \log(n - 1)$, $p \approx 1/2$, for moderate $n$), and $a$ is the root
-    in $(0, R/2]$ of $\beta|\lambda| a (R - a) = \Delta^*$. `offset=0.5` gives the largest
-    gap, $p \to 1$ for small $n$.
+    - $\lambda > 0$: $s = oR$, $\Delta = \beta|\lambda| R^2\, o(1 - o) \le \beta|\lambda|R^2/4$
+      (at $o = 1/2$);
+    - $\lambda < 0$: $s = -oR$, $\Delta = \beta|\lambda| R^2\, o(1 + o) \le 2\beta|\lambda|R^2$
+      (at $o = 1$: the followers opposite the leader).
+
+    The followers attend to the leader with weight $p = 1/(1 + (n-1)e^{-\Delta})$, and
+    moving the leader by $\delta$ along $u$ moves each follower's output by exactly
+    $p\,(1 + (1 - p)\Delta)\, V u\, \delta$ (differentiate $p$: $\partial_\delta
+    \sum_j P_{ij} x_j = p u + p(1-p)\beta\lambda s (R - s) u$), so
+    $\|DF\|_2 \ge \sqrt{n - 1}\, p\,(1 + (1 - p)\Delta)\,|V u|$. This grows like
+    $\sqrt{n}$ while $(n - 1)e^{-\Delta} \ll 1$ and stops once $n$ passes $e^{\Delta_{\max}}$.
+
+    With `offset=None` the gap is `best_gap(n, top)`, the maximiser of
+    $p(1 + (1 - p)\Delta)$ over the gaps the ball allows ($\Delta^*$ solves
+    $(2p - 1)\Delta = 2$, so $p^* = 1/2 + 1/\Delta^*$: 0.92, 0.80, 0.73, 0.68 at $n$ = 2,
+    8, 32, 128), and $o$ solves $o(1 \mp o) = \Delta^* / (\beta|\lambda|R^2)$ (the root in
+    $(0, 1/2]$ for $\lambda > 0$, in $(0, 1]$ for $\lambda < 0$). The realised gap equals
+    $\Delta^*$ for either sign.
 
     Args:
-        attention: single-head dot-product `Attention`.
+        attention: dot-product `Attention`; the cloud is built from head `head` (the other
+            heads act on it as they will).
         n: number of tokens, at least 2.
         radius: radius $R$ of the ball.
-        offset: $a / R$ in $(0, 1)$, on the side of $\operatorname{sign}\lambda$ (the sign
-            is applied for you); `None` for the choice above.
+        offset: $o = |s| / R$ in $(0, 1]$, placed on the side that makes the gap positive
+            (the sign is applied for you); `None` for the choice above.
+        head: the head whose $Q^\top K$ sets the direction.
     """
     if not isinstance(attention, Attention):
-        raise TypeError(
-            f"attention must be a single-head Attention; got {type(attention).__name__} "
-            "(use Attention.head(h) for one head)"
-        )
-    if not isinstance(attention.kernel, DotProduct):
-        raise NotImplementedError(
-            "the adversarial construction needs the DotProduct kernel; got "
-            f"{type(attention.kernel).__name__}"
-        )
+        raise TypeError(f"attention must be an Attention; got {type(attention).__name__}")
+    check_supported(attention.kernel, (DotProduct,), "kernel", "the adversarial cloud")
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be an int >= 2; got {n!r}")
+    if not isinstance(head, (int, np.integer)) or not 0 <= head < attention.heads:
+        raise ValueError(f"head must be an int in [0, {attention.heads}); got {head!r}")
     radius = check_positive(radius, "radius")
-    if offset is not None and is_concrete(offset) and not 0 < float(offset) < 1:
-        raise ValueError(f"offset must lie in (0, 1); got {offset}")
-    u, lam = _leader_direction(attention)
+    if offset is not None and is_concrete(offset) and not 0 < float(offset) <= 1:
+        raise ValueError(f"offset must lie in (0, 1]; got {offset}")
     dtype = attention.Q.dtype
-    side = jnp.where(lam >= 0, 1.0, -1.0).astype(dtype)
+    u, lam = _leader_direction(attention.Q[head], attention.K[head])
+    negative = lam < 0
     if offset is None:
-        top = attention.beta * jnp.abs(lam) * radius**2 / 4
-        gaps = top * jnp.linspace(0, 1, 4097, dtype=dtype)[1:]
-        p = 1 / (1 + (n - 1) * jnp.exp(-gaps))
-        gap = gaps[jnp.argmax(p * (1 + (1 - p) * gaps))]
-        offset = (1 - jnp.sqrt(jnp.clip(1 - gap / jnp.where(top > 0, top, 1), 0, 1))) / 2
-        offset = jnp.where(top > 0, offset, 0.5)
-    return _leader_cloud(u.astype(dtype), radius, side * offset, n)
+        scale = attention.beta * jnp.abs(lam) * radius**2
+        safe = jnp.where(scale > 0, scale, 1)
+        top = jnp.where(negative, 2.0, 0.25) * safe
+        g = best_gap(n, top) / safe
+        # o (1 - o) = g (lambda > 0, root in (0, 1/2]) or o (1 + o) = g (lambda < 0)
+        offset = jnp.where(
+            negative,
+            2 * g / (1 + jnp.sqrt(1 + 4 * g)),
+            2 * g / (1 + jnp.sqrt(jnp.clip(1 - 4 * g, 0, 1))),
+        )
+        offset = jnp.where(scale > 0, offset, 0.5)
+    s = jnp.where(negative, -1.0, 1.0).astype(dtype) * offset * radius
+    x = jnp.broadcast_to(s * u.astype(dtype), (n, u.shape[0]))
+    return x.at[0].set(radius * u.astype(dtype))
 
 
 class CloudSearch(eqx.Module):

@@ -1,4 +1,22 @@
-"""TODO docstring."""
+r"""Upper bounds on the local Lipschitz constant of attention and on its Wasserstein
+regularity, as closed forms in $\beta$, $n$, the radius $R$ and the weight norms.
+
+- `castin_bound`: Castin, Ablin, Peyré (*How Smooth Is Attention?*, ICML 2024), Theorem 3.3,
+  $\sqrt{3}\|V\|(\|A\|^2R^4(4n+1) + n)^{1/2}$ for softmax dot-product attention on the ball.
+- `kim_bound`: Kim, Papamakarios, Mnih (*The Lipschitz Constant of Self-Attention*, ICML
+  2021), Theorem 3.2, for L2 attention with tied keys, global in $X$ (its docstring says
+  what of the published statement we could check).
+- `softmax_bound`, `unnormalized_bound`, `l2_bound`: our own derivations (proofs in the
+  docstrings), sharper than the papers' where both apply.
+- `lipschitz_bound` dispatches on the kernel and normalization types (and the sphere);
+  `measure_lipschitz_bound` and `growth_rate_bound` give the constants of the Wasserstein
+  stability of Vuckovic, Baratin, Tachet des Combes (2020).
+
+Each bound exists only for some kernels and normalizations: asked for another, it raises
+`NotImplementedError` naming the kernel or normalization. Multi-head attention sums the
+heads (triangle inequality). The tests check each bound against configurations where the
+constant is known in closed form and the ratio to the bound is exact.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +30,18 @@ from .._checks import check_positive, is_concrete
 from ..attention import L2, AbstractAttention, Attention, DotProduct, Softmax, Unnormalized
 from ..flows import AttentionFlow
 from ..spaces import Euclidean, Sphere
+
+__all__ = [
+    "castin_bound",
+    "growth_rate_bound",
+    "kim_bound",
+    "l2_bound",
+    "lambert_w0",
+    "lipschitz_bound",
+    "measure_lipschitz_bound",
+    "softmax_bound",
+    "unnormalized_bound",
+]
 
 
 def _norm2(a):
@@ -82,7 +112,7 @@ def softmax_bound(attention: Attention, n, radius) -> Float[Array, "..."]:
     (triangle inequality). $\square$
 
     Args:
-        attention: dot-product softmax `Attention` or `Attention` (causal or not).
+        attention: a dot-product softmax `Attention` (any number of heads, causal or not).
         n: number of tokens (scalar or array: the bound is evaluated elementwise).
         radius: radius $R$ of the ball containing the cloud.
     """
@@ -178,7 +208,7 @@ def l2_bound(attention: Attention, n) -> Float[Array, "..."]:
     \le 2\sqrt{W(n-1)/e}\,\|\delta Y\|$. $\square$
 
     Args:
-        attention: L2 softmax `Attention` or `Attention`.
+        attention: an L2 softmax `Attention` (any number of heads).
         n: number of tokens (scalar or array).
     """
     _check_attention(attention, (L2,), (Softmax,), "l2_bound")
@@ -210,7 +240,7 @@ def castin_bound(attention: Attention, n, radius) -> Float[Array, "..."]:
     causal masks and never exceeds this formula, so the formula holds there too.
 
     Args:
-        attention: dot-product softmax `Attention` or `Attention` (causal or not).
+        attention: a dot-product softmax `Attention` (any number of heads, causal or not).
         n: number of tokens (scalar or array: the bound is evaluated elementwise).
         radius: radius $R$ of the ball containing the cloud.
     """
@@ -233,11 +263,17 @@ def kim_bound(attention: Attention, n) -> Float[Array, "..."]:
     so $\varphi^{-1}(N-1) = W_0((N-1)/e)$ (`lambert_w0`). Their head is
     $f^h(X) = P^h X A_h W^{V,h}$ with $P^h_{ij} \propto
     \exp(-\|x_i^\top W^{Q,h} - x_j^\top W^{Q,h}\|^2/\sqrt{D/H})$ and
-    $A_h = W^{Q,h} W^{Q,h\top}/\sqrt{D/H}$, and $F = [f^1, \dots, f^H] W^O$. The factor
-    $\|W^{Q,h}\|_2$ enters squared: $F$ is homogeneous of degree two in $W^Q$ (one power
-    through $A_h$, one through the logits; $W^Q \to sW^Q$ maps $F(X)$ to $s F(sX)$), so no
-    bound linear in $\|W^Q\|$ holds at every scale; the tests check the bound against the
-    exact constant 1 of a cloud of coincident tokens for $\beta$ from $10^{-2}$ to $10^2$.
+    $A_h = W^{Q,h} W^{Q,h\top}/\sqrt{D/H}$, and $F = [f^1, \dots, f^H] W^O$.
+
+    **The exponent of $\|W^{Q,h}\|_2$ is ours.** We could not read the theorem as published:
+    the copies of the paper we could search hold only its abstract and introduction, so we
+    cannot say whether the printed statement carries $\|W^{Q,h}\|_2^2$ or
+    $\|W^{Q,h}\|_2^4$ under the root. The power 4 (one $\|W^{Q,h}\|^2$ per head) is forced:
+    $W^{Q} \to sW^{Q}$ maps $F(X)$ to $s F(sX)$ (one power through $A_h$, one through the
+    logits), so the constant scales like $s^2$; at $N = 1$, $F(x) = x A_h W^{V,h} W^O$
+    exactly, whose norm for $W^{Q,h} = qI$ is $q^2 \|W^{V,h}\|/\sqrt{D/H}$, above any bound
+    linear in $\|W^{Q,h}\|$ once $q > 1$. With the power 4 the bound is attained at
+    $N = 1$ by $W^{Q,h} = qI$ (the tests check both facts).
 
     In this package's notation (logits $-\beta|Q x_i - Q x_j|^2/2$, values $V x_j$, heads
     summed, $d_k$ rows of $Q$): $W^{Q,h\top} = (\beta\sqrt{d_k}/2)^{1/2} Q_h$,
@@ -253,7 +289,7 @@ def kim_bound(attention: Attention, n) -> Float[Array, "..."]:
     `l2_bound` (proof in its docstring, also valid for causal masks) never exceeds this.
 
     Args:
-        attention: L2 softmax `Attention` or `Attention`.
+        attention: an L2 softmax `Attention` (any number of heads).
         n: number of tokens (scalar or array).
     """
     _check_attention(attention, (L2,), (Softmax,), "kim_bound")
@@ -289,11 +325,13 @@ def lipschitz_bound(
     """
     if isinstance(model, AttentionFlow):
         if model.feedforward is not None:
-            raise ValueError("no bound is implemented for a flow with a feed-forward term")
+            raise NotImplementedError("no bound is implemented for a flow with a FeedForward term")
         attention = model.attention
         sphere = isinstance(model.space, Sphere)
         if not isinstance(model.space, (Sphere, Euclidean)):
-            raise ValueError(f"no bound for the space {type(model.space).__name__}")
+            raise NotImplementedError(
+                f"no bound is implemented for the space {type(model.space).__name__}"
+            )
     else:
         attention, sphere = model, False
     _check_attention(attention, (DotProduct, L2), (Softmax, Unnormalized), "lipschitz_bound")
@@ -303,7 +341,10 @@ def lipschitz_bound(
         radius = 1.0
     if isinstance(attention.kernel, L2):
         if not isinstance(attention.normalization, Softmax):
-            raise ValueError("no bound is implemented for unnormalized L2 attention")
+            raise NotImplementedError(
+                "lipschitz_bound for the L2 kernel is known for Softmax; none is implemented "
+                f"for {type(attention.normalization).__name__}"
+            )
         bound = l2_bound(attention, n)
         speed = sum(_norm2(V) for _, _, V in _heads(attention))
     else:
@@ -344,7 +385,7 @@ def _head_constants(attention, Q, K, V, radius):
 def _constants(model, radius):
     if isinstance(model, AttentionFlow):
         if model.feedforward is not None:
-            raise ValueError("no bound is implemented for a flow with a feed-forward term")
+            raise NotImplementedError("no bound is implemented for a flow with a FeedForward term")
         attention, sphere = model.attention, isinstance(model.space, Sphere)
     else:
         attention, sphere = model, False
@@ -354,7 +395,10 @@ def _constants(model, radius):
             "causal attention is not a function of the measure alone: no Wasserstein bound"
         )
     if isinstance(attention.kernel, L2) and not isinstance(attention.normalization, Softmax):
-        raise ValueError("no Wasserstein bound is implemented for unnormalized L2 attention")
+        raise NotImplementedError(
+            "the Wasserstein bounds for the L2 kernel are known for Softmax; none is "
+            f"implemented for {type(attention.normalization).__name__}"
+        )
     if sphere:
         if radius is not None and is_concrete(radius) and float(radius) != 1:
             raise ValueError(f"radius must be None or 1 on the sphere; got {radius}")

@@ -1,4 +1,14 @@
-"""TODO docstring."""
+r"""Local Lipschitz constants of self-attention: the Jacobian of $X \mapsto F(X)$ and its
+spectral norm.
+
+$F(X)_i = v[\mu_X](x_i)$ (or the projected field $P_{x_i} v[\mu_X](x_i)$ of an
+`AttentionFlow` on the sphere) is a map $\mathbb{R}^{nd} \to \mathbb{R}^{nd}$; its local
+Lipschitz constant at $X$ is $\|DF(X)\|_2 = \sqrt{\lambda_{\max}(DF^\top DF)}$. `lipschitz`
+finds it matrix-free (LOBPCG, Knyazev 2001, or power iteration: one linearisation, then one
+`jvp` and its transpose per iteration), `lipschitz_dense` from the dense Jacobian
+(`jacobian`, for small clouds and cross-checks). Castin, Ablin, Peyré (*How Smooth Is
+Attention?*, ICML 2024) study how this constant grows with $n$ and the radius.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +20,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .._checks import check_cloud, check_weights, is_concrete
+from .._checks import check_choice, check_cloud, check_weights, is_concrete
 from ..attention import AbstractAttention
 from ..flows import AttentionFlow
 
+__all__ = [
+    "METHODS",
+    "LipschitzEstimate",
+    "Model",
+    "jacobian",
+    "lipschitz",
+    "lipschitz_dense",
+    "velocity_map",
+]
+
+# What the Lipschitz functions accept: an attention operator, a flow, or any function of the
+# cloud (see `velocity_map`).
 Model = AbstractAttention | AttentionFlow | Callable
 
 
@@ -154,8 +176,6 @@ def lipschitz(
     Returns:
         A `LipschitzEstimate` (value, iterations, converged, residual, vector).
     """
-    from .._checks import check_choice
-
     check_choice(method, METHODS, "method")
     _check_iteration_options(tol, max_iters)
     _, x = _prepare(model, x, weights, t)

@@ -1,112 +1,49 @@
-"""TODO docstring."""
+r"""Mis-specified inputs: how far the attention field and the flow move when the input
+measure moves.
+
+Vuckovic, Baratin, Tachet des Combes (*A Mathematical Theory of Attention*, 2020, and *On the
+Regularity of Attention*, 2021) read attention as a map $\mu \mapsto v[\mu]$ on measures,
+Lipschitz from $W_1$ to the sup norm on compact sets:
+$\sup_z |v[\mu](z) - v[\nu](z)| \le L_\mu W_1(\mu, \nu)$. A mis-specified input (noisy
+tokens, dropped tokens, duplicated tokens) is a nearby measure, so its field is nearby
+(`field_gap`, against `measure_lipschitz_bound`), and the two solutions of the flow separate
+at most like $W_1(\mu_t, \nu_t) \le e^{L t} W_1(\mu_0, \nu_0)$ (`separation_rate`, against
+`growth_rate_bound`). The distances themselves come from `particles.wasserstein`.
+"""
 
 from __future__ import annotations
-
-import importlib.util
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import check_cloud, check_weights, is_concrete
+from .._checks import check_choice, check_cloud, check_weights, is_concrete
 from ..attention import AbstractAttention
 from ..flows import AttentionFlow
 
-
-def _import_ot():
-    """Import POT without its optional deep-learning backends: we hand it numpy arrays, and
-    importing torch (when installed) would cost seconds. The switches only act if `ot` was
-    not imported before."""
-    import os
-    import sys
-
-    if "ot" not in sys.modules:
-        for name in ("PYTORCH", "TENSORFLOW", "CUPY", "JAX"):
-            os.environ.setdefault(f"POT_BACKEND_DISABLE_{name}", "1")
-    import ot
-
-    return ot
-
-
-def _ot_available():
-    if importlib.util.find_spec("ot") is None:
-        raise ImportError("wasserstein needs POT (Python Optimal Transport): pip install pot")
-
-
-def wasserstein(
-    x: Float[Array, "n d"],
-    y: Float[Array, "m d"],
-    wx: Float[Array, " n"] | None = None,
-    wy: Float[Array, " m"] | None = None,
-    *,
-    p: int = 1,
-) -> Float[Array, ""]:
-    r"""Exact Wasserstein distance $W_p(\mu, \nu)$, $\mu = \sum_i w^x_i\delta_{x_i}$,
-    $\nu = \sum_j w^y_j \delta_{y_j}$, with Euclidean ground cost (POT `ot.emd2`, network
-    simplex, in float64 on the host).
-
-    $W_p^p = \min_{\pi \in \Pi(\mu, \nu)} \sum_{ij} \pi_{ij} |x_i - y_j|^p$. Tokens of weight
-    zero are ignored. Works under `jit` and `vmap` (a `jax.pure_callback`, run
-    sequentially); not differentiable. Returns NaN if the solver hits its iteration limit.
-
-    Args:
-        x, y: the two clouds (same `d`, any sizes).
-        wx, wy: their weights (`None`: uniform).
-        p: 1 or 2.
-    """
-    _ot_available()
-    x, y = check_cloud(x, "x"), check_cloud(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension; got {x.shape[1]} and {y.shape[1]}")
-    if p not in (1, 2):
-        raise ValueError(f"p must be 1 or 2; got {p!r}")
-    wx = check_weights(wx, x.shape[0], "wx")
-    wy = check_weights(wy, y.shape[0], "wy")
-    dtype = jnp.result_type(x, y)
-    wx = jnp.full((x.shape[0],), 1 / x.shape[0], dtype) if wx is None else wx.astype(dtype)
-    wy = jnp.full((y.shape[0],), 1 / y.shape[0], dtype) if wy is None else wy.astype(dtype)
-
-    def host(x, y, wx, wy):
-        ot = _import_ot()
-
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        a, b = np.asarray(wx, np.float64), np.asarray(wy, np.float64)
-        keep_a, keep_b = a > 0, b > 0
-        x, a, y, b = x[keep_a], a[keep_a], y[keep_b], b[keep_b]
-        a, b = a / a.sum(), b / b.sum()
-        cost = ot.dist(x, y, metric="euclidean")
-        if p == 2:
-            cost = cost**2
-        value, log = ot.emd2(a, b, cost, numItermax=10_000_000, log=True)
-        if log.get("warning"):
-            value = np.nan
-        return np.asarray(max(float(value), 0.0) ** (1 / p), dtype)
-
-    return jax.pure_callback(
-        host, jax.ShapeDtypeStruct((), dtype), x, y, wx, wy, vmap_method="sequential"
-    )
+__all__ = ["MISSPECIFICATIONS", "field_gap", "misspecify", "separation_rate"]
 
 
 def field_gap(
     model: AbstractAttention | AttentionFlow,
     x: Float[Array, "n d"],
     y: Float[Array, "m d"],
-    wx: Float[Array, " n"] | None = None,
-    wy: Float[Array, " m"] | None = None,
+    x_weights: Float[Array, " n"] | None = None,
+    y_weights: Float[Array, " m"] | None = None,
     points: Float[Array, "q d"] | None = None,
 ) -> Float[Array, ""]:
     r"""$\max_k |v[\mu](z_k) - v[\nu](z_k)|$: how far apart the fields of two measures are, at
     probe points $z_k$ (default: the tokens of both clouds). For an `AttentionFlow` the
     fields are projected on the tangent spaces. Compare with
-    `measure_lipschitz_bound(model, R) * wasserstein(x, y, wx, wy)`.
+    `measure_lipschitz_bound(model, R) * wasserstein(x, y, x_weights, y_weights, p=1)`.
     """
     x, y = check_cloud(x, "x"), check_cloud(y, "y")
     points = jnp.concatenate([x, y]) if points is None else check_cloud(points, "points")
     if isinstance(model, AttentionFlow):
-        gap = model.field(points, x, wx) - model.field(points, y, wy)
+        gap = model.field(points, x, x_weights) - model.field(points, y, y_weights)
     elif isinstance(model, AbstractAttention):
-        gap = model.cross(points, x, wx) - model.cross(points, y, wy)
+        gap = model.cross(points, x, x_weights) - model.cross(points, y, y_weights)
     else:
         raise TypeError(
             f"model must be an attention operator or an AttentionFlow; got {type(model).__name__}"
@@ -141,8 +78,6 @@ def misspecify(
 
     Weights are renormalised to sum to one. Returns `(y, weights)`.
     """
-    from .._checks import check_choice
-
     check_choice(kind, MISSPECIFICATIONS, "kind")
     x = check_cloud(x, "x")
     n = x.shape[0]

@@ -1,4 +1,12 @@
-"""TODO docstring."""
+r"""Convergence of causal attention to its limit profile as the sequence grows.
+
+Tokens sampled from a profile $X_0(s)$ at positions $s_i = i / n$
+(`particles.meanfield.causal_tokens`) and moved by causal attention converge to the profile
+$X(t, s)$ of the mean-field equation in sequence position; the $n$-token flow is a Riemann
+sum of it, so its error is $O(1/n)$ for a smooth profile. `causal_convergence` simulates
+several lengths against a finer reference and returns `causal_error` over time
+(`docs/theory.md`, section 4.4; Castin, Ablin, Peyré 2024).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ from .._simulate import simulate
 from ..attention import Attention
 from ..flows import AttentionFlow
 from ..meanfield import causal_error, causal_tokens
+
+__all__ = ["causal_convergence"]
 
 
 def causal_convergence(

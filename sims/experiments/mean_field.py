@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,19 +97,20 @@ class GaussianConfig:
         require_at_least(self, "animation_n", 2)
         require_at_least(self, "stability_n", 2)
         require_at_least(self, "causal_max_log2_n", 5)
-        if self.solver not in options.SOLVERS or self.solver == "euler":
+        adaptive = [
+            name
+            for name, make in options.SOLVERS.items()
+            if isinstance(make(), diffrax.AbstractAdaptiveSolver)
+        ]
+        if self.solver not in adaptive:
             raise ValueError(
-                f"solver must be an adaptive solver of {', '.join(options.SOLVERS)}; got {self.solver!r}"
+                f"solver must be an adaptive solver of {', '.join(adaptive)}; got {self.solver!r}"
             )
 
 
 def _attention(config, key):
-    if config.heads == 1:
-        return P.Attention.random(
-            key, config.d, beta=config.beta, kernel=options.kernel(config.kernel)
-        )
     return P.Attention.random(
-        key, config.d, config.heads, beta=config.beta, kernel=options.kernel(config.kernel)
+        key, config.d, heads=config.heads, beta=config.beta, kernel=options.kernel(config.kernel)
     )
 
 

@@ -127,7 +127,9 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     series = {}
     for k, kind in enumerate(KINDS, start=1):
         series[f"W1 {kind}"] = np.asarray(
-            jax.vmap(lambda a, b, k=k: W.wasserstein(a, b, weights[0], weights[k]))(xs[0], xs[k])
+            jax.vmap(lambda a, b, k=k: W.wasserstein(a, b, weights[0], weights[k], p=1))(
+                xs[0], xs[k]
+            )
         )
     rate = float(R.growth_rate_bound(flow))
     measured = {kind: R.separation_rate(ts, series[f"W1 {kind}"]) for kind in KINDS}
@@ -225,6 +227,6 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
 
 
 def _gaps(flow, x0, ys, ws):
-    w1 = jax.vmap(lambda y, w: W.wasserstein(x0, y, None, w))(ys, ws)
+    w1 = jax.vmap(lambda y, w: W.wasserstein(x0, y, None, w, p=1))(ys, ws)
     gap = jax.vmap(lambda y, w: R.field_gap(flow, x0, y, None, w))(ys, ws)
     return {"w1": np.asarray(w1), "gap": np.asarray(gap)}
