@@ -26,6 +26,7 @@ OWN_DRAWINGS = {
     "phase-diagram",
     "deep-limit",
     "mean-field-circle",
+    "misspecified",
 }
 CHEAP = ["sphere-clustering", "polytope"]
 
