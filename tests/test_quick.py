@@ -27,6 +27,7 @@ OWN_DRAWINGS = {
     "deep-limit",
     "mean-field-circle",
     "misspecified",
+    "lipschitz",
 }
 CHEAP = ["sphere-clustering", "polytope"]
 
