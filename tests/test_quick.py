@@ -63,6 +63,8 @@ def test_quick_run_then_plot_and_animate_redraw_it(name, tmp_path, capsys):
     _run_then_redraw(name, tmp_path, capsys)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in sorted(QUICK) if n not in CHEAP])
 def test_every_experiment_at_quick_redraws_from_its_files(name, tmp_path, capsys):
     _run_then_redraw(name, tmp_path, capsys)
 
