@@ -111,6 +111,15 @@ def load_arrays(path: str | Path, what: str = "array") -> dict[str, np.ndarray]:
     hostile file (object arrays) raises an error naming it."""
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable {what} file ({e.strerror})") from None
+    if magic != b"PK\x03\x04":  # numpy would take anything else for a pickle
+        raise ValueError(f"{path}: not a readable {what} file (not an .npz archive)")
+    try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:

@@ -485,7 +485,7 @@ BROKEN = {
     ),
     "trajectory-pickle": (
         lambda r: (r / "trajectory.npz").write_bytes(__import__("pickle").dumps({"ts": [0.0]})),
-        "{run}/trajectory.npz: holds pickled objects (object arrays), which are never loaded",
+        "{run}/trajectory.npz: not a readable trajectory file (not an .npz archive)",
     ),
     "trajectory-strings": (
         lambda r: _trajectory(r, xs=np.full((4, 12, 3), "a")),
