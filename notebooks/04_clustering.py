@@ -38,7 +38,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import particles as P
-from particles import metrics, plot, studies
+from particles import closedforms, metrics, plot, studies
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
 n, d, frames = (24, 3, 41) if SMALL else (64, 3, 161)
@@ -55,7 +55,7 @@ beta = 2.0
 x0 = P.clouds.sphere_uniform(jax.random.key(0), n, d)
 ts = jnp.linspace(0.0, 30.0, frames)
 runs_by_name = {}
-for name, norm in (("SA", "softmax"), ("USA", "unnormalized")):
+for name, norm in (("SA", P.Softmax()), ("USA", P.Unnormalized())):
     flow = P.AttentionFlow(P.Attention.identity(d, beta, normalization=norm), P.Sphere())
     runs_by_name[name] = P.simulate(flow, x0, ts, rtol=1e-6, atol=1e-7)
 series = {
@@ -81,7 +81,7 @@ plt.show()
 # If all $\langle x_i, x_j\rangle = \rho$, the cloud stays equiangular and
 # $\dot\rho = \frac{2}{n} e^{\beta\rho}(1-\rho)(1+(n-1)\rho)$ (USA) or
 # $\dot\rho = \frac{2(1-\rho)(1+(n-1)\rho)}{e^{\beta(1-\rho)} + n - 1}$ (SA); see the
-# derivation in `metrics.equiangular_rate`. We compare the simulated inner products
+# derivation in `closedforms.equiangular_rate`. We compare the simulated inner products
 # with an independent scipy solution of that scalar ODE, in float64.
 
 # %%
@@ -91,12 +91,14 @@ x_eq = P.clouds.equiangular(m, m, rho0, key=jax.random.key(1))
 ts_eq = jnp.linspace(0.0, t_eq, 25)
 fig, ax = plt.subplots(figsize=(5, 3.4), layout="constrained")
 # at small size one normalization (each costs a compilation); the tests check both
-for k, norm in enumerate(("softmax",) if SMALL else ("softmax", "unnormalized")):
+for k, norm in enumerate([P.Softmax()] if SMALL else [P.Softmax(), P.Unnormalized()]):
     flow = P.AttentionFlow(P.Attention.identity(m, 1.0, normalization=norm), P.Sphere())
     traj = P.simulate(flow, x_eq, ts_eq, rtol=1e-11, atol=1e-12)
     gram = np.einsum("tid,tjd->tij", traj.xs, traj.xs)[:, ~np.eye(m, dtype=bool)]
     ref = solve_ivp(
-        lambda t, r, norm=norm: np.asarray(metrics.equiangular_rate(r, 1.0, m, norm)),
+        lambda t, r, norm=norm: np.asarray(
+            closedforms.equiangular_rate(r, 1.0, m, normalization=norm)
+        ),
         (0.0, t_eq),
         [rho0],
         t_eval=np.asarray(ts_eq),
@@ -104,9 +106,10 @@ for k, norm in enumerate(("softmax",) if SMALL else ("softmax", "unnormalized"))
         rtol=1e-13,
         atol=1e-14,
     ).y[0]
-    print(f"{norm}: max |<x_i, x_j> - rho(t)| = {np.max(np.abs(gram - ref[:, None])):.1e}")
-    ax.plot(ts_eq, ref, c=f"C{k}", label=f"{norm}: closed form")
-    ax.plot(ts_eq, gram.mean(axis=1), "o", c=f"C{k}", ms=3, label=f"{norm}: simulated")
+    name = type(norm).__name__
+    print(f"{name}: max |<x_i, x_j> - rho(t)| = {np.max(np.abs(gram - ref[:, None])):.1e}")
+    ax.plot(ts_eq, ref, c=f"C{k}", label=f"{name}: closed form")
+    ax.plot(ts_eq, gram.mean(axis=1), "o", c=f"C{k}", ms=3, label=f"{name}: simulated")
 ax.set_xlabel("time t")
 ax.set_ylabel(r"$\rho$")
 ax.legend(fontsize=8)

@@ -1,6 +1,11 @@
-"""Initial clouds, drawn from explicit `jax.random` keys.
+r"""Initial clouds, drawn from explicit `jax.random` keys.
 
 Every sampler returns an array of shape `(n, d)`; the same key gives the same cloud.
+Uniform points on the sphere $S^{d-1}$ are the random starts of the clustering results of
+Geshkovski, Letrouit, Polyanskiy, Rigollet (2023); Gaussian clouds are the samples whose
+mean-field limit has a closed form (`particles.meanfield`); equiangular clouds (every
+$\langle x_i, x_j\rangle = \rho$) stay equiangular under the flow with $Q = K = V = I$,
+so their dynamics reduce to one ODE (`particles.closedforms.equiangular_rate`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,15 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import check_cloud, is_concrete
+
+__all__ = [
+    "ball_uniform",
+    "cube_uniform",
+    "equiangular",
+    "from_array",
+    "gaussian",
+    "sphere_uniform",
+]
 
 
 def _check_size(n, d):

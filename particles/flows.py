@@ -4,8 +4,13 @@ $$ \dot x_i = P_{x_i}\big( v[\mu](x_i) + f(x_i) \big), \qquad \mu = \sum_j w_j \
 
 where $P$ is the tangent projection of the space, $v$ an attention operator and
 $f(x) = W_2 \sigma(W_1 x + b)$ a per-token feed-forward block (Lie-Trotter splitting of a
-transformer block). A flow is called as a diffrax vector field `flow(t, x, args)` with
-`args` the weights (or `None` for uniform).
+transformer block). A flow is called as a diffrax vector field `flow(t, x, weights)`, with
+the token weights passed as diffrax's `args` (or `None` for uniform).
+
+`AttentionFlow` is the model of self-attention as interacting particles (Vuckovic, Baratin,
+Tachet des Combes 2020; Geshkovski, Letrouit, Polyanskiy, Rigollet 2023, on the sphere);
+`PreNormFlow` is the limit of a pre-normalised (Pre-LN) network; `Layered` makes the weights
+piecewise constant in time, the limit of a network whose layers do not share weights.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from .attention import AbstractAttention
 from .spaces import AbstractSpace, Euclidean, Sphere
+
+__all__ = ["AbstractFlow", "AttentionFlow", "FeedForward", "Layered", "PreNormFlow"]
 
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -71,7 +78,10 @@ class FeedForward(eqx.Module):
         )
 
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
-        return _ACTIVATIONS[self.activation](x @ self.W1.T + self.b) @ self.W2.T
+        pre = x @ self.W1.T
+        # the bias of every token: explicit, so that strict rank promotion accepts it
+        pre = pre + jnp.broadcast_to(self.b, pre.shape)
+        return _ACTIVATIONS[self.activation](pre) @ self.W2.T
 
 
 class Layered(eqx.Module):
@@ -103,6 +113,7 @@ class Layered(eqx.Module):
 
     @property
     def step(self) -> float:
+        """The duration $T / L$ of one layer."""
         return self.horizon / self.num_layers
 
     def jump_times(self) -> np.ndarray:
@@ -116,6 +127,7 @@ class Layered(eqx.Module):
         return self.horizon * (np.arange(1, self.num_layers) / self.num_layers)
 
     def at(self, t) -> AbstractAttention:
+        """The attention operator acting at time `t`: layer $l$ on $[t_l, t_{l+1})$."""
         # Count the boundaries at or before t rather than floor(t / step): XLA may evaluate
         # t / step as t * (1 / step), which puts t = l * step in layer l - 1. The boundaries
         # are the very `jump_times()` that diffrax steps to, so a solve that stops just
@@ -171,9 +183,12 @@ class AbstractFlow(eqx.Module):
             v = v + self.feedforward(y)
         return v
 
-    def __call__(self, t, x: Float[Array, "n d"], args=None) -> Float[Array, "n d"]:
-        """The velocity of every token at time `t`; `args` are the token weights."""
-        return self.project(x, self.velocity(t, x, args))
+    def __call__(
+        self, t, x: Float[Array, "n d"], weights: Float[Array, " n"] | None = None
+    ) -> Float[Array, "n d"]:
+        """The velocity of every token at time `t`; `weights` are the token weights (diffrax
+        passes its `args` here, positionally)."""
+        return self.project(x, self.velocity(t, x, weights))
 
     def field(self, points: Float[Array, "q d"], cloud: Float[Array, "n d"], weights=None, t=0.0):
         """Velocity at arbitrary `points` in the field of `cloud` (cross-attention): for

@@ -16,6 +16,8 @@ from jaxtyping import Array, Float
 
 from ._checks import SPHERE_TOL, check_cloud, value_check
 
+__all__ = ["AbstractSpace", "Euclidean", "Sphere", "sphere_drift"]
+
 
 class AbstractSpace(eqx.Module):
     """A manifold embedded in $\\mathbb{R}^d$ on which a cloud moves."""

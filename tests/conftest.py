@@ -1,4 +1,11 @@
-"""Shared fixtures: explicit PRNG keys and float64 on demand."""
+"""Shared test configuration: float64 and strict rank promotion for the whole suite, PRNG keys.
+
+As in diffrax's own suite, the configuration is set once here rather than toggled per test:
+every test runs in float64 (closed forms to 1e-8 and below, convergence orders), and
+`jax_numpy_rank_promotion="raise"` turns an implicit broadcast between arrays of different
+ranks (a `(n,)` against an `(n, d)`, usually a missing axis) into an error. A test that
+checks float32 behaviour on purpose requests the `float32` fixture.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ import os
 import jax
 import matplotlib
 import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Figures are rendered headless in the tests (CI has no display).
 matplotlib.use("Agg")
@@ -24,9 +34,8 @@ def key():
 
 
 @pytest.fixture
-def x64():
-    """Run the test in float64 (convergence orders, closed forms to 1e-8 and below)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+def float32():
+    """Run the test in float32 (JAX's default precision), e.g. to check rounding at 1e-7 or
+    overflow at large beta; the suite's float64 is restored afterwards."""
+    with jax.enable_x64(False):
+        yield

@@ -55,7 +55,7 @@ def _naive(attn, x, w):
 @pytest.mark.parametrize("kernel", ["dot", "l2"])
 @pytest.mark.parametrize("normalization", ["softmax", "unnormalized"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_matches_definition(key, x64, kernel, normalization, causal):
+def test_matches_definition(key, kernel, normalization, causal):
     k1, k2, k3 = jax.random.split(key, 3)
     attn = P.Attention.random(
         k1,
@@ -100,7 +100,7 @@ def test_rows_sum_to_one(key, kernel, normalization):
     assert jnp.all(A >= 0)
 
 
-def test_sinkhorn_plan_has_both_marginals(key, x64):
+def test_sinkhorn_plan_has_both_marginals(key):
     k1, k2, k3 = jax.random.split(key, 3)
     attn = P.Attention.random(k1, 3, normalization=P.Sinkhorn(200))
     x, w = _cloud(k2), _weights(k3, 12)
@@ -109,21 +109,20 @@ def test_sinkhorn_plan_has_both_marginals(key, x64):
     np.testing.assert_allclose(plan.sum(axis=0), w, rtol=1e-9)
 
 
-def test_sinkhorn_symmetric_kernel_uniform_is_doubly_stochastic(key, x64):
+def test_sinkhorn_symmetric_kernel_uniform_is_doubly_stochastic(key):
     x = _cloud(key)
     A = P.Attention.identity(3, normalization=P.Sinkhorn(300)).matrix(x)[0]
     np.testing.assert_allclose(A.sum(0), 1, rtol=1e-9)
     np.testing.assert_allclose(A, A.T, atol=1e-9)  # symmetric kernel: symmetric plan
 
 
-def test_softmax_stable_at_beta_100(x64):
+def test_softmax_stable_at_beta_100():
     x = P.clouds.sphere_uniform(jax.random.key(3), 20, 3)
     attn64 = P.Attention.identity(3, beta=100.0)
     ref = _naive(attn64, x, None)  # float64: exp(100) is representable
-    jax.config.update("jax_enable_x64", False)
-    x32 = jnp.asarray(x, jnp.float32)
-    v = P.Attention.identity(3, beta=100.0)(x32)
-    jax.config.update("jax_enable_x64", True)
+    with jax.enable_x64(False):
+        x32 = jnp.asarray(x, jnp.float32)
+        v = P.Attention.identity(3, beta=100.0)(x32)
     assert v.dtype == jnp.float32 and jnp.all(jnp.isfinite(v))
     np.testing.assert_allclose(v, ref, rtol=1e-4, atol=1e-5)
 
@@ -139,7 +138,7 @@ def test_permutation_equivariance(key, opts):
 
 @pytest.mark.parametrize("normalization", ["softmax", "unnormalized", "sinkhorn"])
 @pytest.mark.parametrize("kernel", ["dot", "l2"])
-def test_weight_equals_repeated_token(key, x64, normalization, kernel):
+def test_weight_equals_repeated_token(key, normalization, kernel):
     k1, k2 = jax.random.split(key)
     attn = P.Attention.random(
         k1,
@@ -153,7 +152,7 @@ def test_weight_equals_repeated_token(key, x64, normalization, kernel):
     np.testing.assert_allclose(attn(x, w), attn(doubled)[:6], rtol=1e-8, atol=1e-10)
 
 
-def test_zero_weight_removes_token(key, x64):
+def test_zero_weight_removes_token(key):
     k1, k2 = jax.random.split(key)
     attn = P.Attention.random(k1, 3)
     x = _cloud(k2, 5)
@@ -319,7 +318,7 @@ class _Skew(P.AbstractKernel):
         return beta * q[0] * k[1]
 
 
-def test_sinkhorn_plan_has_both_marginals_for_an_asymmetric_kernel(key, x64):
+def test_sinkhorn_plan_has_both_marginals_for_an_asymmetric_kernel(key):
     # the column update must reduce s(q_i, k_j) over i, not s(k_j, q_i)
     k1, k2 = jax.random.split(key)
     x, w = _cloud(k1, 9), _weights(k2, 9)

@@ -1,4 +1,4 @@
-"""Clustering: cluster metrics, the equiangular closed form, phase diagrams (issue 6)."""
+"""Clustering: cluster metrics, the equiangular closed form, energies, phase diagrams."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from scipy.integrate import solve_ivp
 import particles as P
 from particles import metrics as M
 from particles import studies as S
+from particles.closedforms import equiangular_rate
+
+NORMALIZATIONS = [P.Softmax(), P.Unnormalized()]
 
 
 def _sphere_flow(d, beta, normalization):
@@ -124,25 +127,19 @@ def test_time_to_one_cluster_is_the_first_time_it_stays_clustered():
 
 @pytest.fixture(scope="module")
 def s2_runs():
-    """One random cloud of 16 tokens on S^2 under SA and USA, beta = 1, in float64."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        x0 = P.clouds.sphere_uniform(jax.random.key(3), 16, 3)
-        ts = jnp.linspace(0.0, 30.0, 121)
-        runs = {
-            norm: P.simulate(_sphere_flow(3, 1.0, norm), x0, ts, rtol=1e-10, atol=1e-10)
-            for norm in ("softmax", "unnormalized")
-        }
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-    return runs
+    """One random cloud of 16 tokens on S^2 under SA and USA, beta = 1 (float64)."""
+    x0 = P.clouds.sphere_uniform(jax.random.key(3), 16, 3)
+    ts = jnp.linspace(0.0, 30.0, 121)
+    return {
+        repr(norm): P.simulate(_sphere_flow(3, 1.0, norm), x0, ts, rtol=1e-10, atol=1e-10)
+        for norm in NORMALIZATIONS
+    }
 
 
-@pytest.mark.parametrize("normalization", ["softmax", "unnormalized"])
-def test_one_cluster_reached_on_s2(x64, s2_runs, normalization):
+@pytest.mark.parametrize("normalization", NORMALIZATIONS, ids=repr)
+def test_one_cluster_reached_on_s2(s2_runs, normalization):
     # Geshkovski et al.: on S^2, Q = K = V = I, a random cloud collapses to one point
-    traj = s2_runs[normalization]
+    traj = s2_runs[repr(normalization)]
     start, final = _metrics(traj.xs[0]), _metrics(traj.final)
     assert int(start["count"]) > 1
     assert int(final["count"]) == 1
@@ -154,10 +151,10 @@ def test_one_cluster_reached_on_s2(x64, s2_runs, normalization):
     assert 1.0 < t_one < 30.0
 
 
-@pytest.mark.parametrize("normalization", ["unnormalized", "softmax"])
-def test_energy_never_decreases(x64, s2_runs, normalization):
-    # USA is the gradient ascent of E_beta (DESIGN fact 3); SA ascends it in another metric
-    traj, beta = s2_runs[normalization], 1.0
+@pytest.mark.parametrize("normalization", NORMALIZATIONS, ids=repr)
+def test_energy_never_decreases(s2_runs, normalization):
+    # USA is the gradient ascent of E_beta; SA ascends it in another metric
+    traj, beta = s2_runs[repr(normalization)], 1.0
     energy = np.asarray(P.metrics.over_time(M.interaction_energy, traj.xs, beta))
     # the exact solution is monotone; the numerical one is within rtol = 1e-10 of it
     steps = np.diff(energy)
@@ -169,9 +166,15 @@ def test_energy_never_decreases(x64, s2_runs, normalization):
 
 @pytest.mark.parametrize(
     ("normalization", "beta"),
-    [("unnormalized", 1.0), ("unnormalized", 4.0), ("softmax", 1.0), ("softmax", 0.25)],
+    [
+        (P.Unnormalized(), 1.0),
+        (P.Unnormalized(), 4.0),
+        (P.Softmax(), 1.0),
+        (P.Softmax(), 0.25),
+    ],
+    ids=repr,
 )
-def test_equiangular_cloud_follows_closed_form(x64, normalization, beta):
+def test_equiangular_cloud_follows_closed_form(normalization, beta):
     n, d, rho0, t1 = 5, 5, -0.2, 5.0
     x0 = P.clouds.equiangular(n, d, rho0, key=jax.random.key(2))
     ts = jnp.linspace(0.0, t1, 11)
@@ -182,7 +185,7 @@ def test_equiangular_cloud_follows_closed_form(x64, normalization, beta):
     assert np.max(pairs.max(axis=1) - pairs.min(axis=1)) < 1e-10
     # ... and rho follows the ODE, solved independently by scipy
     ref = solve_ivp(
-        lambda t, r: np.asarray(M.equiangular_rate(r, beta, n, normalization)),
+        lambda t, r: np.asarray(equiangular_rate(r, beta, n, normalization=normalization)),
         (0.0, t1),
         [rho0],
         t_eval=np.asarray(ts),
@@ -198,26 +201,49 @@ def test_equiangular_rate_for_two_tokens_is_the_two_particle_law():
     rho = jnp.linspace(-0.9, 0.9, 7)
     beta = 2.5
     np.testing.assert_allclose(
-        M.equiangular_rate(rho, beta, 2, "unnormalized"),
+        equiangular_rate(rho, beta, 2, normalization=P.Unnormalized()),
         jnp.exp(beta * rho) * (1 - rho**2),
-        rtol=1e-6,
+        rtol=1e-13,
     )
     np.testing.assert_allclose(
-        M.equiangular_rate(rho, beta, 2, "softmax"),
+        equiangular_rate(rho, beta, 2, normalization=P.Softmax()),
         2 * (1 - rho**2) / (1 + jnp.exp(beta * (1 - rho))),
-        rtol=1e-6,
+        rtol=1e-13,
+    )
+    # the default is softmax
+    np.testing.assert_array_equal(
+        equiangular_rate(rho, beta, 5), equiangular_rate(rho, beta, 5, normalization=P.Softmax())
     )
     # fixed points: one cluster and the regular simplex
-    for norm in ("softmax", "unnormalized"):
-        assert float(M.equiangular_rate(1.0, beta, 7, norm)) == 0.0
-        assert abs(float(M.equiangular_rate(-1 / 6, beta, 7, norm))) < 1e-7
+    for norm in NORMALIZATIONS:
+        assert float(equiangular_rate(1.0, beta, 7, normalization=norm)) == 0.0
+        assert abs(float(equiangular_rate(-1 / 6, beta, 7, normalization=norm))) < 1e-14
+
+
+def test_equiangular_rate_under_jit_and_vmap():
+    rho = jnp.linspace(-0.2, 0.9, 5)
+    betas = jnp.array([0.5, 1.0, 4.0])
+    for norm in NORMALIZATIONS:
+        batched = jax.jit(
+            jax.vmap(lambda b, norm=norm: equiangular_rate(rho, b, 6, normalization=norm))
+        )(betas)
+        for i, b in enumerate(betas):
+            np.testing.assert_allclose(
+                batched[i], equiangular_rate(rho, b, 6, normalization=norm), rtol=1e-14
+            )
 
 
 def test_equiangular_rate_rejects_bad_input():
-    with pytest.raises(ValueError, match="normalization must be one of"):
-        M.equiangular_rate(0.1, 1.0, 4, "sinkhorn")
-    with pytest.raises(ValueError, match="n must be an int >= 2"):
-        M.equiangular_rate(0.1, 1.0, 1)
+    with pytest.raises(
+        NotImplementedError,
+        match="the equiangular closed form is known for Softmax, Unnormalized; none is "
+        "implemented for Sinkhorn",
+    ):
+        equiangular_rate(0.1, 1.0, 4, normalization=P.Sinkhorn())
+    with pytest.raises(TypeError, match="normalization must be an object such as Softmax"):
+        equiangular_rate(0.1, 1.0, 4, normalization="softmax")
+    with pytest.raises(ValueError, match="n must be an int >= 2; got 1"):
+        equiangular_rate(0.1, 1.0, 1)
 
 
 # --- phase diagrams ------------------------------------------------------------------------
@@ -225,20 +251,23 @@ def test_equiangular_rate_rejects_bad_input():
 
 @pytest.fixture(scope="module")
 def small_diagram():
-    """Softmax, n = 8 on S^2, 24 starts, three betas, in float64 (so that a member and the
-    same run done alone agree to rounding)."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    try:
-        betas = jnp.array([0.5, 1.0, 16.0])
-        ts = jnp.linspace(0.0, 12.0, 13)
-        pd = S.phase_diagram(jax.random.key(0), betas, ts, n=8, d=3, runs=24)
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-    return pd
+    """Softmax, n = 8 on S^2, 24 starts, three betas (float64, so that a member and the same
+    run done alone agree to rounding)."""
+    betas = jnp.array([0.5, 1.0, 16.0])
+    ts = jnp.linspace(0.0, 12.0, 13)
+    return S.phase_diagram(
+        jax.random.key(0),
+        betas,
+        ts,
+        n=8,
+        d=3,
+        runs=24,
+        normalization=P.Softmax(),
+        solver=diffrax.Tsit5(),
+    )
 
 
-def test_phase_diagram_probabilities(x64, small_diagram):
+def test_phase_diagram_probabilities(small_diagram):
     pd = small_diagram
     prob = np.asarray(pd.probability(1e-3))
     assert prob.shape == (3, 13)
@@ -255,7 +284,7 @@ def test_phase_diagram_probabilities(x64, small_diagram):
     np.testing.assert_allclose(err, np.sqrt(prob * (1 - prob) / 24), rtol=1e-6)
 
 
-def test_ensemble_member_equals_solo_run(x64, small_diagram):
+def test_ensemble_member_equals_solo_run(small_diagram):
     pd = small_diagram
     b, r = 1, 5
     x0 = pd.x0[r]
@@ -263,7 +292,7 @@ def test_ensemble_member_equals_solo_run(x64, small_diagram):
     np.testing.assert_array_equal(
         x0, P.clouds.sphere_uniform(jax.random.split(jax.random.key(0), 24)[r], 8, 3)
     )
-    flow = _sphere_flow(3, float(pd.betas[b]), "softmax")
+    flow = _sphere_flow(3, float(pd.betas[b]), P.Softmax())
     solo = P.simulate(flow, x0, pd.ts, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(
         pd.min_inner[b, r], P.metrics.over_time(M.min_inner_product, solo.xs), atol=1e-12
@@ -286,9 +315,15 @@ def test_phase_diagram_rejects_bad_input(key):
         S.phase_diagram(key, jnp.array([1.0]), ts, n=1, runs=2)
     with pytest.raises(ValueError, match="ts must be strictly increasing"):
         S.phase_diagram(key, jnp.array([1.0]), jnp.array([0.0, 2.0, 1.0]), n=4, runs=2)
-    with pytest.raises(ValueError, match="normalization must be one of"):
+    with pytest.raises(
+        NotImplementedError,
+        match="the phase diagram is known for Softmax, Unnormalized; none is implemented for "
+        "Sinkhorn",
+    ):
         S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, normalization=P.Sinkhorn())
-    with pytest.raises(ValueError, match="solver must be one of"):
+    with pytest.raises(TypeError, match="normalization must be an object such as Softmax"):
+        S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, normalization="softmax")
+    with pytest.raises(ValueError, match="solver Euler has no error estimate"):
         S.phase_diagram(key, jnp.array([1.0]), ts, n=4, runs=2, solver=diffrax.Euler())
 
 

@@ -31,7 +31,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_matrix_free_norm_equals_dense_spectral_norm(x64, key, variant):
+def test_matrix_free_norm_equals_dense_spectral_norm(key, variant):
     model = VARIANTS[variant](key)
     x = P.clouds.ball_uniform(jax.random.key(7), 5, 3, 1.5)
     if variant == "sphere":
@@ -45,7 +45,7 @@ def test_matrix_free_norm_equals_dense_spectral_norm(x64, key, variant):
     assert np.linalg.norm(J @ np.asarray(est.vector).ravel()) == pytest.approx(float(dense), 1e-6)
 
 
-def test_power_iteration_agrees_and_lobpcg_needs_far_fewer_iterations(x64):
+def test_power_iteration_agrees_and_lobpcg_needs_far_fewer_iterations():
     # The adversarial cloud with n = 8 has two top singular values 3.00 and 2.80, a ratio
     # of 0.87 for G = J^T J: power iteration needs ~170 steps for 1e-10, LOBPCG ~7.
     attention = P.Attention.identity(3, 1.0)
@@ -59,7 +59,7 @@ def test_power_iteration_agrees_and_lobpcg_needs_far_fewer_iterations(x64):
     assert int(lobpcg.iterations) < 15 < 100 < int(power.iterations)
 
 
-def test_lipschitz_reports_non_convergence_within_max_iters(x64):
+def test_lipschitz_reports_non_convergence_within_max_iters():
     attention = P.Attention.identity(3, 1.0)
     x = R.adversarial_cloud(attention, 8, 5.0, offset=0.5)
     est = R.lipschitz(attention, x, method="power", tol=1e-12, max_iters=5)
@@ -67,7 +67,7 @@ def test_lipschitz_reports_non_convergence_within_max_iters(x64):
     assert float(est.residual) > 1e-12
 
 
-def test_lipschitz_works_under_jit_and_vmap(x64):
+def test_lipschitz_works_under_jit_and_vmap():
     attention = P.Attention.identity(3, 1.0)
     offsets = jnp.array([0.3, 0.5, 0.7])
     clouds = jax.vmap(lambda a: R.adversarial_cloud(attention, 8, 5.0, offset=a))(offsets)
@@ -76,7 +76,7 @@ def test_lipschitz_works_under_jit_and_vmap(x64):
     np.testing.assert_allclose(np.asarray(batched), one, rtol=1e-8)
 
 
-def test_zero_map_has_constant_zero(x64):
+def test_zero_map_has_constant_zero():
     zero = P.Attention(jnp.eye(2), jnp.eye(2), jnp.zeros((2, 2)), 1.0)
     est = R.lipschitz(zero, jnp.ones((3, 2)))
     assert float(est.value) == 0.0 and bool(est.converged)
@@ -87,7 +87,7 @@ def test_zero_map_has_constant_zero(x64):
 # ---------------------------------------------------------------------------------------
 
 
-def test_adversarial_cloud_grows_like_sqrt_n_below_the_bound(x64):
+def test_adversarial_cloud_grows_like_sqrt_n_below_the_bound():
     # Q = K = V = I, d = 3, beta = 1, R = 5, leader at R u, the others at R u / 2: logit gap
     # beta R^2 / 4 = 6.25, so the others attend to the leader with p = 1/(1 + (n-1)e^-6.25),
     # p > 0.97 for n <= 16. Measured: 1.4214, 2.0453, 2.9998, 4.5379 for n = 2, 4, 8, 16:
@@ -109,7 +109,7 @@ def test_adversarial_cloud_grows_like_sqrt_n_below_the_bound(x64):
     assert column > 0.97 * 15
 
 
-def test_adversarial_cloud_default_offset_and_causal_stay_below_bound(x64):
+def test_adversarial_cloud_default_offset_and_causal_stay_below_bound():
     attention = P.Attention.identity(3, 1.0)
     causal = P.Attention.identity(3, 1.0, causal=True)
     x = R.adversarial_cloud(attention, 16, 5.0)
@@ -178,7 +178,7 @@ def test_searched_l2_clouds_stay_below_the_kim_type_bound(key):
     assert float(jnp.max(jnp.linalg.norm(found.clouds, axis=-1))) <= 10.0 * (1 + 1e-6)
 
 
-def test_dot_product_constant_grows_without_bound_with_the_radius(x64):
+def test_dot_product_constant_grows_without_bound_with_the_radius():
     # x = (R u, -R u, 0): the middle token attends 1/3 to each, so the column of the
     # Jacobian for moving it along u is (1/3 + (2/3) beta R^2) u exactly (Q = K = V = I):
     # the constant is at least that, and grows like R^2. L2 attention on the same clouds
@@ -281,7 +281,7 @@ def _pair_on_circle(phi):
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_two_pairs_on_the_circle_separate_at_the_sharp_gronwall_rate(x64, sign):
+def test_two_pairs_on_the_circle_separate_at_the_sharp_gronwall_rate(sign):
     # Q = K = I, V = I, softmax, beta = 1 on S^1. A symmetric pair at angles +-phi/2 stays
     # symmetric and, from rho' = 2 (1 - rho^2) / (1 + e^{beta (1 - rho)}) with rho = cos phi,
     # phi' = g(phi) = -2 sin(phi) / (1 + e^{beta (1 - cos phi)}). Two such pairs, phi0 = 1
@@ -512,7 +512,7 @@ def test_experiment_configs_reject_bad_values():
         MisspecifiedConfig(solver="rk4")
 
 
-def test_paper_bounds_are_their_formulas(x64):
+def test_paper_bounds_are_their_formulas():
     from scipy.special import lambertw
 
     # Castin, Ablin, Peyre (2024), Theorem 3.3: sqrt(3) |V| (|A|^2 R^4 (4n + 1) + n)^(1/2),
@@ -580,7 +580,7 @@ def _best_gap(n):
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-def test_adversarial_cloud_realises_the_gap_it_claims(x64, sign):
+def test_adversarial_cloud_realises_the_gap_it_claims(sign):
     # Q = I, K = sign I, beta = 1, R = 5: lambda = sign. Followers at s u: gap
     # beta lambda s (R - s); for lambda > 0, s = o R gives 25 o (1 - o) <= 6.25, for
     # lambda < 0, s = -o R gives 25 o (1 + o) <= 50. On the pre-fix code the negative case
@@ -602,7 +602,7 @@ def test_adversarial_cloud_realises_the_gap_it_claims(x64, sign):
     assert _follower_gap(attention, x) == pytest.approx(3.8568, abs=1e-4)
 
 
-def test_adversarial_cloud_negative_eigenvalue_matches_its_mirror(x64):
+def test_adversarial_cloud_negative_eigenvalue_matches_its_mirror():
     # K = -I against K = I (same |lambda|, same beta, R, n): with the default offset both
     # followers' rows put the same weight p on the leader, and moving the leader by u moves
     # each follower's output by p (1 + (1 - p) gap) u exactly (see adversarial_cloud), so
@@ -629,7 +629,7 @@ def test_adversarial_cloud_negative_eigenvalue_matches_its_mirror(x64):
 # ---------------------------------------------------------------------------------------
 
 
-def test_softmax_bounds_attain_sqrt_n_with_all_weight_on_one_token(x64, key):
+def test_softmax_bounds_attain_sqrt_n_with_all_weight_on_one_token(key):
     # Weights e_1: every row of the attention matrix is e_1 and stays so under perturbation
     # (dP_i1 = P_i1 (ds_i1 - ds_i1) = 0), so DF = 1 e_1^T (x) V exactly and
     # |DF| = sqrt(n) |V| for any Q, K, beta. On a ball of radius R with
@@ -653,7 +653,7 @@ def test_softmax_bounds_attain_sqrt_n_with_all_weight_on_one_token(x64, key):
 
 
 @pytest.mark.parametrize("radius", [1.0, 3.0])
-def test_softmax_bound_covariance_term_on_two_tokens(x64, radius):
+def test_softmax_bound_covariance_term_on_two_tokens(radius):
     # d = 2, Q^T K = e2 e1^T (|Q^T K| = 1), beta = 1/2, tokens +-R e1: all logits vanish
     # (x_i^T M x_j = x_i2 x_j1 = 0), the weights are 1/2, the covariance is R^2 e1 e1^T, and
     # dF_i = (dx_1 + dx_2) / 2 + c e1 (dx_i)_2 with c = beta R^2. On the mean and difference
@@ -671,7 +671,7 @@ def test_softmax_bound_covariance_term_on_two_tokens(x64, radius):
 
 
 @pytest.mark.parametrize("n", [1, 5])
-def test_unnormalized_bound_is_attained_by_coincident_tokens(x64, n):
+def test_unnormalized_bound_is_attained_by_coincident_tokens(n):
     # USA, Q = K = V = I, all tokens at R u: G_ij = e^c / n (c = beta R^2) and moving every
     # token by u moves every output by e^c (1 + 2c) u, so |DF| = e^c (1 + 2c), the bound.
     beta, radius = 0.7, 1.5
@@ -684,7 +684,7 @@ def test_unnormalized_bound_is_attained_by_coincident_tokens(x64, n):
 
 
 @pytest.mark.parametrize("q", [0.5, 2.0, 10.0])
-def test_l2_bounds_are_attained_by_one_token(x64, q):
+def test_l2_bounds_are_attained_by_one_token(q):
     # n = 1: F(x) = V x exactly (one token attends to itself with weight 1), so the
     # constant is |V|. With Q = K = q I and V = 1.5 q^2 I (W^{V} fixed while W^{Q} = s I
     # scales): |DF| = 1.5 q^2 = l2_bound = kim_bound. A bound linear in |W^Q| would be
@@ -713,7 +713,7 @@ def test_l2_bounds_are_attained_by_one_token(x64, q):
 
 
 @pytest.mark.parametrize("z", [0.5, 2.0])
-def test_l2_constant_of_two_tokens_on_the_line(x64, z):
+def test_l2_constant_of_two_tokens_on_the_line(z):
     # d = 1, Q = K = V = 1, beta = 1, tokens 0 and delta with z = delta^2 / 2: P_12 = p =
     # 1 / (1 + e^z), F_1 = y_1 + h(delta), F_2 = y_2 - h(delta), h = p delta, so
     # DF = [[1 - h', h'], [h', 1 - h']] with h' = p (1 - 2 z (1 - p)): eigenvalues 1 and
@@ -731,7 +731,7 @@ def test_l2_constant_of_two_tokens_on_the_line(x64, z):
     assert value < bound
 
 
-def test_kim_constant_and_bound_scale_like_s_squared(x64, key):
+def test_kim_constant_and_bound_scale_like_s_squared(key):
     # Kim et al.'s W^Q -> s W^Q with W^V fixed is Q -> s Q, V -> s^2 V here; it maps F(X)
     # to s F(sX), so the constant at X is s^2 times the constant at sX, and kim_bound
     # scales by s^2 exactly (|W^Q| enters squared; see kim_bound). Checked directly,
@@ -752,7 +752,7 @@ def test_kim_constant_and_bound_scale_like_s_squared(x64, key):
 
 
 @pytest.mark.parametrize("beta", [1e-6, 0.5])
-def test_sphere_bound_against_one_token(x64, beta):
+def test_sphere_bound_against_one_token(beta):
     # One token on the sphere, V = I: F(x) = x - |x|^2 x as a map of R^d, so
     # DF = -2 x x^T at |x| = 1 and the constant is 2; lipschitz_bound = (1 + 2 beta) + 2.
     flow = P.AttentionFlow(P.Attention.identity(3, beta), P.Sphere())
@@ -761,7 +761,7 @@ def test_sphere_bound_against_one_token(x64, beta):
     assert float(R.lipschitz_bound(flow, 1)) == pytest.approx(3 + 2 * beta, rel=1e-12)
 
 
-def test_measure_lipschitz_bound_is_attained_by_two_diracs(x64, key):
+def test_measure_lipschitz_bound_is_attained_by_two_diracs(key):
     # v[delta_a](z) = V a for every z (softmax over one atom), so the field gap between
     # delta_a and delta_b is |V (a - b)| = |V| |a - b| along the top singular vector of V,
     # and W1 = |a - b|: the ratio to L_mu = |V| e^{2c} (1 + 2c) is 1 / (e^{2c}(1 + 2c)).
@@ -778,7 +778,7 @@ def test_measure_lipschitz_bound_is_attained_by_two_diracs(x64, key):
     assert ratio == pytest.approx(1 / (math.exp(2 * c) * (1 + 2 * c)), rel=1e-12)
 
 
-def test_growth_rate_bound_is_attained_by_two_diracs(x64):
+def test_growth_rate_bound_is_attained_by_two_diracs():
     # Q = K = V = I, one token each: x' = V x, so two Diracs separate exactly like e^t, and
     # they stay in the ball of radius e over t in [0, 1]. With beta = 1e-8 the bound
     # L = beta R^2 + e^{2c}(1 + 2c), c = beta R^2, is 1 + 4e-7: attained to 4e-7.
@@ -794,7 +794,7 @@ def test_growth_rate_bound_is_attained_by_two_diracs(x64):
     assert L < 1 + 1e-6
 
 
-def test_best_gap_solves_its_equation_and_p_stays_well_above_one_half(x64):
+def test_best_gap_solves_its_equation_and_p_stays_well_above_one_half():
     # The maximiser of p (1 + (1 - p) gap) solves (2p - 1) gap = 2, so p* = 1/2 + 1/gap:
     # measured p* = 0.917, 0.800, 0.727, 0.679 at n = 2, 8, 32, 128 (not ~1/2, as once
     # claimed), with gaps 2.399, 3.333, 4.412, 5.593 (not ~log(n - 1) = 0, 1.95, 3.43, 4.84).

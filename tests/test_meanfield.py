@@ -34,7 +34,7 @@ def _attention(**options):
 # --------------------------------------------------------------------------------------
 
 
-def test_moments_of_a_weighted_cloud(key, x64):
+def test_moments_of_a_weighted_cloud(key):
     x = jax.random.normal(key, (50, 3))
     w = jax.random.uniform(jax.random.fold_in(key, 1), (50,))
     w = w / w.sum()
@@ -57,7 +57,7 @@ def test_systematic_resampling_gives_each_atom_floor_or_ceil_copies(key):
     assert np.all(np.abs(freq - np.asarray(w)) < 4 * 0.0035)
 
 
-def test_mixture_weights_and_moments(key, x64):
+def test_mixture_weights_and_moments(key):
     x = jax.random.normal(key, (30, 2))
     y = jax.random.normal(jax.random.fold_in(key, 1), (20, 2)) + 3
     pts, w = mf.mixture(x, y, 0.25)
@@ -66,7 +66,7 @@ def test_mixture_weights_and_moments(key, x64):
     assert np.allclose(m, 0.25 * x.mean(0) + 0.75 * y.mean(0), atol=1e-14)
 
 
-def test_gaussian_mixture_moments(key, x64):
+def test_gaussian_mixture_moments(key):
     means = jnp.array([[-2.0, 0.0], [2.0, 1.0]])
     covs = jnp.stack([0.5 * jnp.eye(2), jnp.array([[1.0, 0.5], [0.5, 1.0]])])
     probs = jnp.array([0.3, 0.7])
@@ -110,7 +110,7 @@ def test_empirical_field_of_a_gaussian_sample_is_the_affine_field(make, key):
     assert np.max(np.abs(exact - np.asarray(c))) > 20 * standard_error.max()
 
 
-def test_l2_field_matches_the_precision_form(x64):
+def test_l2_field_matches_the_precision_form():
     # the docstring's derivation: tilted mean = (S^-1 + beta K^T K)^-1 (S^-1 m + beta K^T Q x)
     attention = _attention(kernel=P.L2())
     B, c = mf.affine_field(attention, M0, S0)
@@ -121,7 +121,7 @@ def test_l2_field_matches_the_precision_form(x64):
     assert np.allclose(c, Vn @ P_inv @ Si @ m, atol=1e-13)
 
 
-def test_gaussian_flow_matches_the_isotropic_closed_form(x64):
+def test_gaussian_flow_matches_the_isotropic_closed_form():
     # Q = K = V = I, S0 = s I: S' = 2 beta S^2 gives S = s / (1 - 2 beta s t) and
     # m' = (1 + beta S) m gives m = m0 e^t (1 - 2 beta s t)^(-1/2)
     beta, s = 0.7, 0.4
@@ -141,7 +141,7 @@ def test_gaussian_flow_matches_the_isotropic_closed_form(x64):
     assert np.max(np.abs(push - sol.covs)) < 1e-8
 
 
-def test_blowup_is_detected_and_reported_not_integrated_into_inf(x64):
+def test_blowup_is_detected_and_reported_not_integrated_into_inf():
     # Q = K = V = I: S' = 2 beta S^2 blows up at t* = 1 / (2 beta lambda_max(S0)) = 1.25
     beta = 1.0
     S = jnp.array([[0.4, 0.0], [0.0, 0.1]])
@@ -158,7 +158,7 @@ def test_blowup_is_detected_and_reported_not_integrated_into_inf(x64):
 E1 = jnp.array([1.0, 0.0])
 
 
-def test_a_mean_growing_like_e_to_the_t_is_not_a_blowup(x64):
+def test_a_mean_growing_like_e_to_the_t_is_not_a_blowup():
     # Q = K = V = I, beta = 1, S0 = 1e-3 I, m0 = e1: S(t) = S0 / (1 - 2e-3 t) is finite until
     # t* = 500 while m(t) = e^t (1 - 2e-3 t)^(-1/2) e1 grows like e^t (docs/theory.md 4.2). A
     # stop event on max(|S|_F, |m|^2) reported a blow-up at t = 9.0 and NaN from t = 10.
@@ -177,7 +177,7 @@ def test_a_mean_growing_like_e_to_the_t_is_not_a_blowup(x64):
     np.testing.assert_allclose(sol.means, m, rtol=1e-8, atol=0)
 
 
-def test_a_dirac_moves_like_e_to_the_t_forever(x64):
+def test_a_dirac_moves_like_e_to_the_t_forever():
     # S0 = 0: S stays 0, Phi = I and m(t) = e^t m0 for all time; it "blew up" at t = 9.02
     ts = jnp.linspace(0.0, 30.0, 7)
     sol = mf.gaussian_flow(P.Attention.identity(2, 1.0), E1, jnp.zeros((2, 2)), ts)
@@ -201,7 +201,7 @@ def test_no_false_blowup_in_float32():
         np.testing.assert_allclose(np.asarray(sol.means[:, 0], dtype=float), m, rtol=1e-4)
 
 
-def test_exponential_growth_of_the_covariance_is_not_a_blowup(x64):
+def test_exponential_growth_of_the_covariance_is_not_a_blowup():
     # L2, Q = K = V = I, beta = 1, S0 = s0 I: M = I / (1 + s), B = s / (1 + s) I, so
     # s' = 2 s^2 / (1 + s): s grows like e^(2t) and never blows up. Separating variables,
     # t = [ln(s) / 2 - 1 / (2 s)] from s0 to s(t), solved here by bracketing.
@@ -227,7 +227,7 @@ def test_exponential_growth_of_the_covariance_is_not_a_blowup(x64):
     [(1.0, 1.0, 1.2, 0.5), (0.5, 0.4, 3.3, 2.5)],
     ids=["S0=I", "S0=0.4I"],
 )
-def test_isotropic_blowup_is_detected_at_one_over_two_beta_s(beta, scale, horizon, t_star, x64):
+def test_isotropic_blowup_is_detected_at_one_over_two_beta_s(beta, scale, horizon, t_star):
     # S' = 2 beta S^2 from S0 = s I: t* = 1 / (2 beta s), before the horizon
     ts = jnp.linspace(0.0, horizon, 7)
     sol = mf.gaussian_flow(P.Attention.identity(2, beta), E1, scale * jnp.eye(2), ts)
@@ -238,7 +238,7 @@ def test_isotropic_blowup_is_detected_at_one_over_two_beta_s(beta, scale, horizo
     assert np.all(np.isnan(sol.covs[after])) and np.all(np.isfinite(sol.covs[~after]))
 
 
-def test_a_blowup_after_the_horizon_is_not_reported(x64):
+def test_a_blowup_after_the_horizon_is_not_reported():
     # t* = 1.25 lies after the horizon 1.2: the solution is finite, S(1.2) = 0.4 / 0.04 = 10
     ts = jnp.linspace(0.0, 1.2, 7)
     sol = mf.gaussian_flow(P.Attention.identity(2, 1.0), E1, 0.4 * jnp.eye(2), ts)
@@ -254,14 +254,14 @@ def test_a_blowup_after_the_horizon_is_not_reported(x64):
     ],
     ids=["contracting", "l2"],
 )
-def test_blowup_does_not_fire_on_stable_cases(attention, x64):
+def test_blowup_does_not_fire_on_stable_cases(attention):
     sol = mf.gaussian_flow(attention, jnp.ones(2), 0.4 * jnp.eye(2), jnp.linspace(0.0, 3.0, 7))
     assert not bool(sol.blew_up)
     assert float(sol.blowup_time) == math.inf
     assert np.all(np.isfinite(sol.covs))
 
 
-def test_gaussian_flow_runs_under_jit_and_vmap(x64):
+def test_gaussian_flow_runs_under_jit_and_vmap():
     attention = _attention()
     ts = jnp.linspace(0.0, 1.0, 3)
     means = jnp.stack([M0, -M0])
@@ -388,7 +388,7 @@ def _bumpy(cells):
 
 
 @pytest.mark.parametrize("normalization", [P.Softmax(), P.Unnormalized()], ids=["SA", "USA"])
-def test_circle_solver_conserves_mass_to_rounding(normalization, x64):
+def test_circle_solver_conserves_mass_to_rounding(normalization):
     sol = mf.circle_flow(
         _bumpy(128), jnp.linspace(0.0, 2.0, 5), beta=1.0, normalization=normalization
     )
@@ -408,7 +408,7 @@ def _sparse_density(cells):
 
 
 @pytest.mark.parametrize("limiter", mf.LIMITERS)
-def test_limited_face_states_lie_between_neighbouring_averages(limiter, key, x64):
+def test_limited_face_states_lie_between_neighbouring_averages(limiter, key):
     from particles.meanfield._circle import _face_states
 
     for rho in (_sparse_density(64), jax.random.uniform(key, (64,)) ** 4):
@@ -423,7 +423,7 @@ def test_limited_face_states_lie_between_neighbouring_averages(limiter, key, x64
 @pytest.mark.parametrize("normalization", [P.Softmax(), P.Unnormalized()], ids=["SA", "USA"])
 @pytest.mark.parametrize("limiter", mf.LIMITERS)
 def test_forward_euler_keeps_the_density_nonnegative_under_the_cfl_condition(
-    limiter, normalization, x64
+    limiter, normalization
 ):
     # stated in circle_flow: empty cells only gain mass (semi-discrete), and one forward Euler
     # step keeps rho >= 0 when dt max|u| <= h / 2; four times that step does not
@@ -441,7 +441,7 @@ def test_forward_euler_keeps_the_density_nonnegative_under_the_cfl_condition(
 
 
 @pytest.mark.parametrize("normalization", [P.Softmax(), P.Unnormalized()], ids=["SA", "USA"])
-def test_circle_velocity_is_the_particle_field(normalization, key, x64):
+def test_circle_velocity_is_the_particle_field(normalization, key):
     # the FFT convolution on the grid equals the attention field of a large sample from the
     # same density, evaluated on the faces, up to sampling error and the O(h^2) midpoint rule
     cells, beta = 128, 2.0
@@ -486,7 +486,7 @@ def test_circle_solver_matches_particles_in_w1(key):
     assert float(W.circle_w1_density(angles0, sol.densities[-1])) > 5 * w1[0]
 
 
-def test_circle_sampler_draws_from_the_density(key, x64):
+def test_circle_sampler_draws_from_the_density(key):
     rho = _bumpy(64)
     angles = mf.circle_sample(key, 50000, rho)
     # W1 to the density of 50000 i.i.d. draws is ~ 0.5 / sqrt(n) = 0.002
@@ -518,7 +518,7 @@ def test_circle_errors_name_the_argument():
 # --------------------------------------------------------------------------------------
 
 
-def test_causal_flow_converges_at_rate_one_over_n(x64):
+def test_causal_flow_converges_at_rate_one_over_n():
     attention = P.Attention.random(jax.random.key(3), 2, beta=2.0, causal=True)
     flow = P.AttentionFlow(attention)
     ts = jnp.array([0.0, 1.0])
@@ -539,7 +539,7 @@ def test_causal_flow_converges_at_rate_one_over_n(x64):
         mf.causal_error(jnp.zeros((3, 2)), ref)
 
 
-def test_stability_study_respects_the_coupling_bounds(key, x64):
+def test_stability_study_respects_the_coupling_bounds(key):
     flow = P.AttentionFlow(_attention())
     x0 = P.clouds.gaussian(key, 16, M0, S0).astype(jnp.float64)
     y0 = x0 + 1e-4 * jax.random.normal(jax.random.fold_in(key, 1), x0.shape)

@@ -19,7 +19,7 @@ def _two_particles(rho0):
 
 @pytest.mark.parametrize("normalization", [P.Unnormalized(), P.Softmax()], ids=repr)
 @pytest.mark.parametrize("beta", [1.0, 5.0])
-def test_two_particles_on_sphere_match_closed_form(x64, normalization, beta):
+def test_two_particles_on_sphere_match_closed_form(normalization, beta):
     # USA: rho' = exp(beta rho)(1 - rho^2); SA: rho' = 2(1 - rho^2)/(1 + exp(beta(1 - rho)))
     if isinstance(normalization, P.Unnormalized):
 
@@ -43,7 +43,7 @@ def test_two_particles_on_sphere_match_closed_form(x64, normalization, beta):
 
 
 @pytest.mark.parametrize("normalization", [P.Unnormalized(), P.Softmax()], ids=repr)
-def test_energy_never_decreases(key, x64, normalization):
+def test_energy_never_decreases(key, normalization):
     # float64 so that the check resolves increments far below float32 rounding of the sum
     beta = 3.0
     x0 = P.clouds.sphere_uniform(key, 32, 3)
@@ -54,7 +54,7 @@ def test_energy_never_decreases(key, x64, normalization):
     assert energy[-1] > 1.5 * energy[0]
 
 
-def test_usa_velocity_is_projected_energy_gradient(key, x64):
+def test_usa_velocity_is_projected_energy_gradient(key):
     # E = 1/(2 beta) sum_ij w_i w_j exp(beta <x_i, x_j>): the USA field is P grad_i E / w_i
     beta = 2.5
     k1, k2 = jax.random.split(key)
@@ -104,10 +104,8 @@ SOLVERS = [
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: type(s).__name__)
-def test_every_solver_converges_to_the_same_answer(key, solver, request):
+def test_every_solver_converges_to_the_same_answer(key, solver):
     euler = isinstance(solver, diffrax.Euler)
-    if isinstance(solver, diffrax.AbstractImplicitSolver):  # float64 only
-        request.getfixturevalue("x64")
     x0 = P.clouds.sphere_uniform(key, 6, 3)
     flow = P.AttentionFlow(P.Attention.identity(3, 2.0), P.Sphere())
     ts = jnp.array([0.0, 1.0])
@@ -117,7 +115,7 @@ def test_every_solver_converges_to_the_same_answer(key, solver, request):
     np.testing.assert_allclose(got, ref, atol=5e-3 if euler else 1e-4)
 
 
-def test_implicit_solver_takes_far_fewer_steps_on_stiff_unnormalized_attention(key, x64):
+def test_implicit_solver_takes_far_fewer_steps_on_stiff_unnormalized_attention(key):
     # USA at beta = 8 on S^2: once tokens gather, the cluster contracts at a rate ~ e^8, and
     # explicit steps must stay below ~1/e^8 for stability. The L-stable kvaerno3 is not
     # limited by stability; both agree to the tolerance.
@@ -171,7 +169,7 @@ def test_vmap_over_beta(key):
     assert not np.allclose(finals[0], finals[1], atol=1e-3)
 
 
-def test_float64_when_enabled(key, x64):
+def test_float64_when_enabled(key):
     x0 = P.clouds.sphere_uniform(key, 5, 3)
     assert x0.dtype == jnp.float64
     flow = P.AttentionFlow(P.Attention.identity(3, 1.0), P.Sphere())
@@ -188,7 +186,7 @@ def test_feedforward_adds_to_velocity(key):
     np.testing.assert_allclose(ff(x), jax.nn.relu(x @ ff.W1.T + ff.b) @ ff.W2.T, rtol=1e-6)
 
 
-def test_layered_weights_are_piecewise_constant(key, x64):
+def test_layered_weights_are_piecewise_constant(key):
     keys = jax.random.split(key, 4)
     layers = eqx.filter_vmap(lambda k: P.Attention.random(k, 3))(keys)
     flow = P.AttentionFlow(P.Layered(layers, horizon=2.0))
@@ -253,7 +251,7 @@ def test_bad_input(key, kwargs, error, message):
 
 
 @pytest.mark.parametrize("horizon, sets, depth", [(3.7, 5, 5), (2.0, 4, 12), (1.3, 3, 3)])
-def test_fixed_steps_respect_layer_boundaries(key, x64, horizon, sets, depth):
+def test_fixed_steps_respect_layer_boundaries(key, horizon, sets, depth):
     # a fixed-step Euler solve of the per-layer flow is the per-layer Euler network exactly:
     # every step sees the layer it starts in, even where k * dt rounds beside a boundary
     keys = jax.random.split(key, sets)
@@ -267,7 +265,7 @@ def test_fixed_steps_respect_layer_boundaries(key, x64, horizon, sets, depth):
     np.testing.assert_allclose(got.final, net[-1], rtol=1e-12, atol=1e-12)
 
 
-def test_sphere_distance_is_accurate_at_every_angle(x64):
+def test_sphere_distance_is_accurate_at_every_angle():
     sphere = P.Sphere()
     for angle in (1e-12, 1e-6, 0.3, np.pi / 2, np.pi - 1e-9):
         x = jnp.array([1.0, 0.0, 0.0])

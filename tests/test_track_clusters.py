@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from particles.analysis import track_clusters
 
 import particles as P
+from particles.metrics import track_clusters
 
 
 def _merging_trajectory():

@@ -21,7 +21,7 @@ def _weights(key, n):
     return w / w.sum()
 
 
-def test_w2_matches_pot_and_runs_under_jit_and_vmap(key, x64):
+def test_w2_matches_pot_and_runs_under_jit_and_vmap(key):
     kx, ky, kw = jax.random.split(key, 3)
     x = jax.random.normal(kx, (60, 3))
     y = jax.random.normal(ky, (40, 3)) + 0.5
@@ -37,7 +37,7 @@ def test_w2_matches_pot_and_runs_under_jit_and_vmap(key, x64):
     assert abs(float(batched[1])) < 1e-7
 
 
-def test_w2_of_a_translation_is_the_shift(key, x64):
+def test_w2_of_a_translation_is_the_shift(key):
     # W2(mu, mu + a) = |a|: the translation is an optimal map (gradient of a convex function)
     x = jax.random.normal(key, (100, 2))
     shift = jnp.array([0.3, -0.4])
@@ -45,7 +45,7 @@ def test_w2_of_a_translation_is_the_shift(key, x64):
     assert abs(float(W.wasserstein(x, x + shift, p=1)) - 0.5) < 1e-10
 
 
-def test_wasserstein_keeps_its_digits_for_nearby_clouds(key, x64):
+def test_wasserstein_keeps_its_digits_for_nearby_clouds(key):
     # A cloud and its translate by a vector of length ~1e-6: W2 = W1 = |shift| exactly. The
     # cost built coordinate by coordinate keeps the relative precision of each difference;
     # the expansion |x|^2 + |y|^2 - 2 <x, y> (POT's ot.dist, the former
@@ -62,7 +62,7 @@ def test_wasserstein_keeps_its_digits_for_nearby_clouds(key, x64):
     assert abs(old / exact - 1) > 1e-6
 
 
-def test_exact_w2_agrees_with_gaussian_formula_on_large_samples(key, x64):
+def test_exact_w2_agrees_with_gaussian_formula_on_large_samples(key):
     # |W2(x, y) - W2(N1, N2)| <= W2(x, N1) + W2(y, N2) (triangle inequality), and W2(x, N1) is
     # dominated in mean square by W2(x, x') for an independent sample x' of the same law
     # (W2^2 is convex in its second argument and E[x'] = N1). So the two same-law distances
@@ -80,7 +80,7 @@ def test_exact_w2_agrees_with_gaussian_formula_on_large_samples(key, x64):
     assert tolerance < 0.3 * exact  # the check is not vacuous
 
 
-def test_gaussian_w2_closed_forms(x64):
+def test_gaussian_w2_closed_forms():
     # one dimension: W2^2 = (m1 - m2)^2 + (s1 - s2)^2
     got = W.gaussian_w2(jnp.array([1.0]), jnp.array([[4.0]]), jnp.array([-1.0]), jnp.array([[9.0]]))
     assert abs(float(got) - math.sqrt(4 + 1)) < 1e-12
@@ -94,7 +94,7 @@ def test_gaussian_w2_closed_forms(x64):
     assert float(W.gaussian_w2(m1, S1, m1, S1)) < 1e-7
 
 
-def test_sliced_w2_matches_pot_with_the_same_directions(key, x64):
+def test_sliced_w2_matches_pot_with_the_same_directions(key):
     kx, ky, kw, kp = jax.random.split(key, 4)
     x = jax.random.normal(kx, (70, 3))
     y = jax.random.normal(ky, (50, 3)) * 1.5
@@ -113,7 +113,7 @@ def test_sliced_w2_matches_pot_with_the_same_directions(key, x64):
     assert float(batched[1]) == 0.0
 
 
-def test_circle_w1_matches_pot_and_closed_forms(key, x64):
+def test_circle_w1_matches_pot_and_closed_forms(key):
     ka, kb, kw = jax.random.split(key, 3)
     a = jax.random.uniform(ka, (80,)) * 2 * math.pi
     b = jnp.mod(jax.random.normal(kb, (120,)), 2 * math.pi)
@@ -133,7 +133,7 @@ def test_circle_w1_matches_pot_and_closed_forms(key, x64):
     assert abs(float(W.circle_w1(jnp.array([0.1]), jnp.array([2 * math.pi - 0.1]))) - 0.2) < 1e-12
 
 
-def test_circle_w1_density_of_cell_centres_against_the_uniform_law(x64):
+def test_circle_w1_density_of_cell_centres_against_the_uniform_law():
     # one point at each centre of N cells vs the uniform density: each point carries the mass
     # of its arc of length h at mean distance h / 4, so W1 = h / 4 = pi / (2 N) exactly
     cells = 32

@@ -57,9 +57,9 @@ class DotProduct(AbstractKernel):
             return (beta * qf) @ kf.T
         # beta scales the b queries rather than the b * m logits
         qs = beta * qf
-        s = qs[:, :1] * kf[:, 0]
+        s = qs[:, :1] * kf[None, :, 0]
         for f in range(1, qf.shape[-1]):
-            s = s + qs[:, f : f + 1] * kf[:, f]
+            s = s + qs[:, f : f + 1] * kf[None, :, f]
         return s
 
 
@@ -77,7 +77,7 @@ class L2(AbstractKernel):
             # O(eps |q|^2), far below the spread of the logits that softmax distinguishes.
             sq = jnp.sum(qf**2, axis=-1)[:, None] + jnp.sum(kf**2, axis=-1)[None, :]
             return -0.5 * beta * jnp.maximum(sq - 2 * qf @ kf.T, 0)
-        sq = (qf[:, :1] - kf[:, 0]) ** 2
+        sq = (qf[:, :1] - kf[None, :, 0]) ** 2
         for f in range(1, qf.shape[-1]):
-            sq = sq + (qf[:, f : f + 1] - kf[:, f]) ** 2
+            sq = sq + (qf[:, f : f + 1] - kf[None, :, f]) ** 2
         return -0.5 * beta * sq

@@ -21,7 +21,7 @@ BLOCK_PAIRS = 1 << 22
 def _rows(op, kernel, beta, qf, kf, key_bias, values, idx, causal):
     nk = kf.shape[0]
     # the bias is added last, so large logits round the same way in every kernel
-    s = kernel.logits(beta, qf, kf) + key_bias
+    s = kernel.logits(beta, qf, kf) + key_bias[None, :]
     if causal:
         s = jnp.where(jnp.arange(nk)[None, :] <= idx[:, None], s, -jnp.inf)
     if op == "sum":

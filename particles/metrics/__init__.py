@@ -3,7 +3,11 @@
 Clusters (`cluster_labels`, `cluster_count`, `track_clusters`, `cluster_sizes`, ...),
 energies (`interaction_energy`, `mean_pairwise_cosine`), time series (`over_time`,
 `cluster_series`) and log-log fits (`fit_power_law`). All are pure and `jit`/`vmap`-compatible
-except where a docstring says otherwise.
+except `fit_power_law`, which works on measured results on the host.
+
+A metric reads clouds, never the model: closed forms of the dynamics (what a cloud *should*
+do) are in `particles.closedforms` and `particles.meanfield`, simulations in
+`particles.studies`.
 """
 
 from ._clusters import aligned_fraction as aligned_fraction
@@ -22,7 +26,6 @@ from ._clusters import time_to_one_cluster as time_to_one_cluster
 from ._clusters import track_clusters as track_clusters
 from ._energy import interaction_energy as interaction_energy
 from ._energy import mean_pairwise_cosine as mean_pairwise_cosine
-from ._equiangular import equiangular_rate as equiangular_rate
 from ._fits import fit_power_law as fit_power_law
 from ._series import over_time as over_time
 
@@ -36,7 +39,6 @@ __all__ = [
     "cluster_sizes",
     "diameter",
     "effective_rank",
-    "equiangular_rate",
     "fit_power_law",
     "interaction_energy",
     "is_clustered",

@@ -1,4 +1,16 @@
-"""TODO docstring."""
+r"""Cluster metrics of a cloud and of a trajectory.
+
+Tokens of the attention flow on the sphere gather into clusters (Geshkovski, Letrouit,
+Polyanskiy, Rigollet, *The emergence of clusters in self-attention dynamics*, 2023): these
+functions say how many, which, how large and when. A cluster is a connected component of
+the graph joining tokens closer than `tol` (`cluster_labels`, `cluster_count`,
+`cluster_sizes`, `cluster_centres`, followed in time by `track_clusters`); "one cluster" is
+$\min_{i \ne j}\langle x_i, x_j\rangle > 1 - \varepsilon$ (`is_clustered`,
+`time_to_one_cluster`); tolerance-free summaries are the effective rank of the Gram matrix,
+the diameter and the aligned fraction. In $\mathbb{R}^d$ the rescaled tokens
+$e^{-tV} x_i(t)$ (`rescaled`) converge to the vertices of a polytope. All are pure functions
+of arrays, `jit` and `vmap` compatible.
+"""
 
 from __future__ import annotations
 

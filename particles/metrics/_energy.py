@@ -1,4 +1,13 @@
-"""TODO docstring."""
+r"""Energies and alignment of a cloud: the interaction energy $E_\beta$ that the flow on
+the sphere ascends, and the mean pairwise cosine.
+
+With $Q = K = V = I$ the unnormalized flow on the sphere is the gradient ascent of
+$E_\beta(x) = \frac{1}{2\beta} \sum_{i,j} w_i w_j e^{\beta \langle x_i, x_j\rangle}$ and
+softmax attention ascends it in another metric (Geshkovski, Letrouit, Polyanskiy, Rigollet
+2023), so $E_\beta$ is non-decreasing along every solution: a test of any solver. The energy
+exists for the dot-product kernel only; `interaction_energy` dispatches on the kernel and
+raises `NotImplementedError` naming any other.
+"""
 
 from __future__ import annotations
 

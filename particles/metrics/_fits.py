@@ -1,4 +1,10 @@
-"""TODO docstring."""
+r"""Log-log fits of measured rates: $y \approx C x^p$.
+
+Convergence orders (error against depth, $p = -1$ for Euler layers), propagation of chaos
+($p = -1/2$ in the number of particles) and Lipschitz growth ($p = 1/2$ in $n$, Castin,
+Ablin, Peyré 2024) are all read as the slope of a least-squares line in log-log
+coordinates, by one function.
+"""
 
 from __future__ import annotations
 

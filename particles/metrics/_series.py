@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Metrics along a trajectory: a per-cloud metric applied to every saved frame."""
 
 from __future__ import annotations
 

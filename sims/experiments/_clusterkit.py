@@ -63,7 +63,7 @@ def save(
         if labels is not None:
             arrays["labels" + suffix] = np.asarray(labels[g])
     np.savez(directory / "arrays.npz", **arrays)
-    steps = np.array([int(r.stats.num_steps) for r in runs])
+    steps = np.array([int(r.num_steps) for r in runs])
     rejected = np.array([int(r.stats.num_rejected) for r in runs])
     P.io.write_json(
         directory / "metrics.json",

@@ -20,14 +20,23 @@ from .._config import require_at_least, require_positive
 from .._registry import animations, experiment, figures
 
 Variant = Literal[
-    "residual", "post-norm", "pre-norm", "lie-trotter", "strang", "per-layer", "heun", "rk4"
+    "residual",
+    "post-norm",
+    "projected-post-norm",
+    "pre-norm",
+    "lie-trotter",
+    "strang-euler",
+    "strang",
+    "per-layer",
+    "heun",
+    "rk4",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Residual attention networks of depth L converge to the flow they discretise as
-    L -> infinity: error at T against L for eight networks, with fitted orders (float64)."""
+    L -> infinity: error at T against L for ten networks, with fitted orders (float64)."""
 
     n: int = 32
     """number of tokens"""
@@ -42,11 +51,13 @@ class Config:
     max_depth: int = 1024
     """largest depth L; depths double from min_depth"""
     variants: tuple[Variant, ...] = studies.VARIANTS
-    """networks studied (post-norm lives on the sphere, pre-norm normalises attention's input)"""
+    """networks studied: post-norm N(x + h v) and projected-post-norm N(x + h P_x v) live on the
+    sphere, pre-norm normalises attention's input, strang-euler is Macaron (Euler sub-steps,
+    first order), strang has Heun sub-steps (second order)"""
     pieces: int = 4
     """distinct weight sets of the per-layer network (its depth is a multiple of this)"""
     hidden: int = 16
-    """width of the feed-forward block of lie-trotter and strang"""
+    """width of the feed-forward block of lie-trotter, strang-euler and strang"""
     depth_for_profile: int = 32
     """depth at which the error along depth is recorded for every variant"""
     collapse_depths: tuple[int, ...] = (16, 32, 64, 128)

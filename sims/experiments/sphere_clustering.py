@@ -94,7 +94,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             "final": {k: v[-1] for k, v in series.items()},
             "solver": {
                 "name": config.solver,
-                "num_steps": trajectory.stats.num_steps,
+                "num_steps": trajectory.num_steps,
                 "num_accepted": trajectory.stats.num_accepted,
                 "num_rejected": trajectory.stats.num_rejected,
             },

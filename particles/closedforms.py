@@ -1,4 +1,16 @@
-"""TODO docstring."""
+r"""Closed forms of the particle dynamics: exact reductions of the $n$-token flow.
+
+Some clouds keep a symmetry along the attention flow, and then the flow reduces to an ODE in
+a few numbers that can be solved independently (by SciPy, say) and compared with `simulate`
+to the solver's tolerance. Here: an equiangular cloud on the sphere with $Q = K = V = I$
+(every $\langle x_i, x_j\rangle = \rho$) stays equiangular, and $\rho$ obeys a scalar
+ODE (`equiangular_rate`); for two tokens it is the two-particle law of Geshkovski, Letrouit,
+Polyanskiy, Rigollet (*The emergence of clusters in self-attention dynamics*, 2023).
+
+These are functions of the model's parameters ($\rho$, $\beta$, $n$, the normalization), not
+of clouds: they are facts about the dynamics, not metrics. Closed forms of the mean-field
+limit are in `particles.meanfield`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._checks import check_supported
-from ..attention import AbstractNormalization, Softmax, Unnormalized
+from ._checks import check_supported
+from .attention import AbstractNormalization, Softmax, Unnormalized
+
+__all__ = ["equiangular_rate"]
 
 
 def equiangular_rate(
-    rho: Float[Array, "..."], beta, n: int, normalization: AbstractNormalization = Softmax()
+    rho: Float[Array, "..."],
+    beta,
+    n: int,
+    *,
+    normalization: AbstractNormalization = Softmax(),
 ) -> Float[Array, "..."]:
     r"""$\dot\rho$ for an equiangular cloud on the sphere, $Q = K = V = I$, uniform weights.
 
