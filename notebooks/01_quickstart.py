@@ -1,3 +1,18 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Quickstart: tokens as particles
 #
@@ -11,13 +26,13 @@
 
 # %%
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import particles as P
+import sims
 from particles import metrics, plot
 
 SMALL = os.environ.get("PARTICLES_SIZE", "full") == "small"
@@ -87,11 +102,13 @@ plot.animate(
 # %% [markdown]
 # ## Save the run
 # `config.json`, `metrics.json` (time series on `ts`) and `trajectory.npz` are enough to
-# redraw everything later without recomputing:
-# `python -m sims plot quickstart-run` and `python -m sims animate quickstart-run --gif`.
+# redraw everything later without recomputing. The run goes to `runs/quickstart` in the
+# checkout (ignored by git; set `PARTICLES_RUNS` to put runs elsewhere), never beside the
+# notebooks; from the checkout, `python -m sims plot runs/quickstart` and
+# `python -m sims animate runs/quickstart --gif` redraw it.
 
 # %%
-run_dir = Path("quickstart-run")
+run_dir = sims.runs_root() / "quickstart"
 P.io.save_run(
     run_dir,
     trajectory=trajectory,

@@ -1,13 +1,21 @@
 """Saving and loading runs: arrays in `.npz`, metadata in `.json`, both lossless.
 
 A run directory holds `config.json`, `metrics.json` and `trajectory.npz`; figures and
-animations sit beside them.
+animations sit beside them. Every file is written atomically: into a hidden temporary file
+beside it (`.NAME.XXXXXXXX.partial.SUFFIX`), then renamed over it, so an interruption leaves
+the old file or the new one, never half of one; it gets the mode of an ordinary new file
+(0644 under umask 022). Loading never unpickles (`allow_pickle=False`): an `.npz` holding
+object arrays is refused like any other broken file, with an error naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +50,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path`, renamed over it once the block succeeds."""
+    path = Path(path)
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent
+        )
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
+    try:
+        yield Path(name)
+        mask = os.umask(0o022)  # mkstemp makes 0600; give the file the mode open() would
+        os.umask(mask)
+        os.chmod(name, 0o666 & ~mask)
+        os.replace(name, path)
+    except OSError as e:  # a full disk, say: name the file meant, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
 def write_json(path: str | Path, data: dict) -> None:
-    Path(path).write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    """Write `data` as JSON (arrays as lists, floats with every digit), atomically."""
+    text = json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n"
+    with _atomic(Path(path)) as tmp:
+        tmp.write_text(text)
 
 
 def read_json(path: str | Path) -> dict:
@@ -52,8 +87,51 @@ def read_json(path: str | Path) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON (nested too deeply)") from None
+
+
+def _savez(path: Path, arrays: dict[str, Any]) -> None:
+    with _atomic(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _real(a: np.ndarray) -> bool:
+    return a.dtype.kind in "fiub"
+
+
+def load_arrays(path: str | Path, what: str = "array") -> dict[str, np.ndarray]:
+    """Every array of an `.npz` file, read without unpickling; a missing, truncated or
+    hostile file (object arrays) raises an error naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable {what} file ({e.strerror})") from None
+    if magic != b"PK\x03\x04":  # numpy would take anything else for a pickle
+        raise ValueError(f"{path}: not a readable {what} file (not an .npz archive)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(
+                f"{path}: holds pickled objects (object arrays), which are never loaded"
+            ) from None
+        raise ValueError(f"{path}: not a readable {what} file ({e})") from None
+    except Exception as e:  # zipfile, OSError, EOF: a broken file
+        raise ValueError(f"{path}: not a readable {what} file ({e})") from None
 
 
 def save_trajectory(path: str | Path, trajectory: Trajectory) -> None:
@@ -71,22 +149,21 @@ def save_trajectory(path: str | Path, trajectory: Trajectory) -> None:
         )
     if trajectory.result is not None:
         arrays.update(result=np.asarray(trajectory.result._value))
-    np.savez(path, **arrays)
+    _savez(Path(path), arrays)
 
 
 def load_trajectory(path: str | Path) -> Trajectory:
     """Read a trajectory written by `save_trajectory`."""
     path = Path(path)
-    try:
-        data = np.load(path)
-        fields = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except Exception as e:  # zipfile, pickle and value errors: all mean a broken file
-        raise ValueError(f"{path}: not a readable trajectory file ({e})") from None
+    fields = load_arrays(path, "trajectory")
     missing = {"ts", "xs", "weights"} - set(fields)
     if missing:
         raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+    for name in ("ts", "xs", "weights", "num_steps", "num_accepted", "num_rejected", "result"):
+        if name in fields and not _real(fields[name]):
+            raise ValueError(f"{path}: {name} has dtype {fields[name].dtype}, expected numbers")
+    if "result" in fields and fields["result"].size != 1:
+        raise ValueError(f"{path}: result has shape {fields['result'].shape}, expected a scalar")
     xs = fields["xs"]
     if (
         xs.ndim != 3
@@ -103,7 +180,8 @@ def load_trajectory(path: str | Path) -> Trajectory:
         )
     result = None
     if "result" in fields:
-        result = getattr(diffrax.RESULTS, _RESULTS.get(int(fields["result"]), "successful"))
+        code = int(np.asarray(fields["result"]).reshape(()))
+        result = getattr(diffrax.RESULTS, _RESULTS.get(code, "successful"))
     return Trajectory(
         ts=jnp.asarray(fields["ts"]),
         xs=jnp.asarray(xs),
@@ -131,7 +209,7 @@ def save_run(
     if trajectory is not None:
         save_trajectory(directory / TRAJECTORY_FILE, trajectory)
     if arrays:
-        np.savez(directory / "arrays.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+        _savez(directory / "arrays.npz", {k: np.asarray(v) for k, v in arrays.items()})
     return directory
 
 
@@ -148,6 +226,5 @@ def load_run(directory: str | Path) -> dict[str, Any]:
     if (directory / TRAJECTORY_FILE).exists():
         run["trajectory"] = load_trajectory(directory / TRAJECTORY_FILE)
     if (directory / "arrays.npz").exists():
-        with np.load(directory / "arrays.npz") as data:
-            run["arrays"] = {k: data[k] for k in data.files}
+        run["arrays"] = load_arrays(directory / "arrays.npz")
     return run

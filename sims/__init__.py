@@ -5,7 +5,9 @@
     python -m sims run NAME --help      # its parameters
 
 From Python, `sims.run(config)` runs the same experiment as the command line and returns
-its run directory.
+its run directory; each experiment's `Config` is in its module, e.g.
+`from sims.experiments.sphere_clustering import Config`. Runs go under `sims.runs_root()`
+(`runs/` of the checkout, or `$PARTICLES_RUNS`).
 """
 
 from ._registry import DEFAULT as DEFAULT
@@ -14,3 +16,4 @@ from ._registry import get as get
 from ._registry import list_experiments as list_experiments
 from ._run import RunError as RunError
 from ._run import run as run
+from ._run import runs_root as runs_root

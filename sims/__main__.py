@@ -1,73 +1,224 @@
-"""The command line: `python -m sims [list | run NAME [--param value ...] | animate RUN_DIR | plot RUN_DIR]`."""
+"""The command line: `python -m sims [list | run NAME [options] [params] | animate RUN_DIR |
+plot RUN_DIR]` (also installed as `particles-sims`).
+
+Sub-commands are argparse parsers; an experiment's parameters are its config's fields,
+parsed by tyro. Every error in the input is one line on stderr, `sims: error: ...`, with
+exit status 2, before any computation. Ctrl-C exits with 130, SIGTERM with 143 and SIGHUP
+with 129, leaving no partial run behind.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import difflib
 import io
+import os
 import re
+import shlex
+import signal
 import sys
 from pathlib import Path
 
-USAGE = """\
-usage: python -m sims [COMMAND] ...
-
-Simulate self-attention as an interacting particle system.
-
-commands:
-  (none)                       run the default experiment ({default})
-  list                         list the experiments
-  run NAME [options] [params]  run experiment NAME; `run NAME --help` lists its params
-  animate RUN_DIR [options]    re-render the animation of a saved run (no recomputing)
-  plot RUN_DIR [options]       redraw the figures of a saved run (figure.png, final_state.png)
-
-run options:
-  --out DIR      run directory (default: runs/NAME-TIMESTAMP)
-  --overwrite    replace DIR if it exists
-  --gif          write the animation as GIF instead of MP4
-  --no-animation skip the animation
-
-animate options:
-  --gif              write animation.gif instead of animation.mp4
-  --out FILE         where to write (.mp4 or .gif; default RUN_DIR/animation.mp4)
-  --fps N            frames per second (default 20)
-  --duration S       total length in seconds (overrides --fps)
-  --dpi N            dots per inch (default 100)
-  --resolution WxH   frame size in pixels, e.g. 1280x720
-  --trail N          fading trails N frames long
-  --every K          render every K-th saved time
-  --view ELEV,AZIM   camera of 3D views in degrees (default 20,-60)
-  --quiet            no progress bar
-
-animate and plot options:
-  --series A,B       metric series of metrics.json to draw (default: the first 3)
-  --cluster-tol X    colour tokens by tracked cluster at this distance (default: the
-                     run's cluster_tol, if its config has one)
-  --no-clusters      one colour for all tokens
-  --dpi N            (plot) dots per inch of the figures (default 110)
-"""
-
-_RUN_FLAGS = {"--overwrite": "overwrite", "--gif": "gif", "--no-animation": "no_animation"}
+COMMANDS = ("list", "run", "animate", "plot")
 
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
-def _split_run_options(args: list[str]) -> tuple[dict, list[str]]:
-    options = {"out": None, "overwrite": False, "gif": False, "no_animation": False}
-    rest = []
-    it = iter(args)
-    for arg in it:
-        if arg in _RUN_FLAGS:
-            options[_RUN_FLAGS[arg]] = True
-        elif arg == "--out" or arg.startswith("--out="):
-            value = arg.split("=", 1)[1] if "=" in arg else next(it, None)
-            if not value:
-                raise UsageError("--out needs a directory")
-            options["out"] = Path(value)
-        else:
-            rest.append(arg)
-    return options, rest
+def _prog() -> str:
+    """How the program was started, as a user would type it again."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return "particles-sims" if name == "particles-sims" else "python -m sims"
+
+
+def solver_names() -> list[str]:
+    """Every ODE solver an experiment's `--solver` takes: the names of `sims._options`,
+    the one registry where option names become library objects."""
+    from sims._options import SOLVERS
+
+    return list(SOLVERS)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised as one-line `UsageError`s."""
+
+    def error(self, message: str):
+        found = re.match(r"argument ([^:]+): (.*)", message)
+        if found:
+            flag, rest = found.groups()
+            flag = flag.split("/")[-1]
+            raise UsageError(f"{flag}: {rest}")
+        found = re.match(r"unrecognized arguments: (\S+)", message)
+        if found:
+            raise UsageError(f"unknown option {found.group(1)} (see `{self.prog} --help`)")
+        found = re.match(r"the following arguments are required: (.*)", message)
+        if found:
+            raise UsageError(f"missing {found.group(1)} (see `{self.prog} --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0; got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {text}")
+    return value
+
+
+def _pair(sep: str, kind, example: str):
+    def parse(text: str) -> tuple:
+        try:
+            pair = tuple(kind(p) for p in text.split(sep))
+        except ValueError:
+            pair = ()
+        if len(pair) != 2:
+            raise argparse.ArgumentTypeError(f"expected two numbers like {example}; got {text!r}")
+        return pair
+
+    return parse
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="run directory (default: runs/NAME-TIMESTAMP)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it is a complete run of this program (never anything else)",
+    )
+    parser.add_argument("--gif", action="store_true", help="write the animation as GIF, not MP4")
+    parser.add_argument("--no-animation", action="store_true", help="skip the animation")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes that finish in under 30 s on 2 CPU cores (other flags still apply)",
+    )
+
+
+def _add_replay_options(parser: argparse.ArgumentParser, dpi: int) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `run`")
+    parser.add_argument(
+        "--series",
+        metavar="A,B",
+        help="metric series of metrics.json to draw (default: the first 3)",
+    )
+    parser.add_argument(
+        "--cluster-tol",
+        type=_positive(float),
+        metavar="X",
+        help="colour tokens by tracked cluster at this distance (default: the run's "
+        "cluster_tol, if its config has one)",
+    )
+    parser.add_argument("--no-clusters", action="store_true", help="one colour for all tokens")
+    parser.add_argument("--dpi", type=_positive(int), help=f"dots per inch (default: {dpi})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import particles
+    from sims._registry import DEFAULT, list_experiments
+
+    prog = _prog()
+    names = ", ".join(list_experiments())
+    parser = _Parser(
+        prog=prog,
+        description="Simulate self-attention as an interacting particle system.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        epilog=(
+            f"With no command (or only options), runs the default experiment, {DEFAULT}.\n"
+            f"experiments: {names}\n"
+            f"solvers (--solver of the experiments that take one): {', '.join(solver_names())}\n"
+            f"`{prog} COMMAND --help` and `{prog} run NAME --help` tell more."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"particles {particles.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser("list", help="list the experiments, each with its summary")
+    run = commands.add_parser(
+        "run",
+        help="run experiment NAME; `run NAME --help` lists its parameters",
+        description="Run an experiment into a run directory (config.json, trajectory.npz,\n"
+        "metrics.json, figures, animation) and print a summary of its results.",
+        epilog=f"experiments: {names}\nsolvers: {', '.join(solver_names())}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    run.add_argument("name", nargs="?", metavar="NAME", help="the experiment (see `list`)")
+    _add_run_options(run)
+    run.add_argument(
+        "params",
+        nargs=argparse.REMAINDER,
+        metavar="PARAMS",
+        help="the experiment's parameters, `--param value` (see `run NAME --help`)",
+    )
+    animate = commands.add_parser(
+        "animate",
+        help="re-render the animation of a saved run (no recomputing)",
+        description="Re-render the animation of a saved run from its files.",
+        allow_abbrev=False,
+    )
+    _add_replay_options(animate, dpi=100)
+    animate.add_argument(
+        "--gif", action="store_true", help="write animation.gif instead of animation.mp4"
+    )
+    animate.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="where to write (.mp4 or .gif; default RUN_DIR/animation.mp4)",
+    )
+    animate.add_argument(
+        "--fps", type=_positive(float), help="frames per second (default: 20, or the run's)"
+    )
+    animate.add_argument(
+        "--duration", type=_positive(float), metavar="S", help="total seconds (overrides --fps)"
+    )
+    animate.add_argument(
+        "--resolution",
+        type=_pair("x", int, "1280x720"),
+        metavar="WxH",
+        help="frame size in pixels, e.g. 1280x720",
+    )
+    animate.add_argument(
+        "--trail", type=_nonnegative_int, default=0, metavar="N", help="fading trails N long"
+    )
+    animate.add_argument(
+        "--every", type=_positive(int), metavar="K", help="render every K-th saved time"
+    )
+    animate.add_argument(
+        "--view",
+        type=_pair(",", float, "20,-60"),
+        metavar="ELEV,AZIM",
+        help="camera of 3D views in degrees (default: 20,-60)",
+    )
+    animate.add_argument("--quiet", action="store_true", help="no progress bar")
+    plot = commands.add_parser(
+        "plot",
+        help="redraw the figures of a saved run (figure.png, final_state.png)",
+        description="Redraw the figures of a saved run from its files.",
+        allow_abbrev=False,
+    )
+    _add_replay_options(plot, dpi=110)
+    return parser
 
 
 def _one_line(text: str) -> str:
@@ -92,26 +243,43 @@ def _one_line(text: str) -> str:
     return message
 
 
-def parse_config(name: str, args: list[str]):
-    """Build experiment `name`'s config from `--param value` arguments with tyro."""
-    import tyro
-
+def _experiment(name: str):
     import sims
 
     try:
-        exp = sims.get(name)
+        return sims.get(name)
     except KeyError as e:
         raise UsageError(e.args[0]) from None
+
+
+def parse_config(name: str, args: list[str], quick: bool = False):
+    """Build experiment `name`'s config from `--param value` arguments with tyro; with
+    `quick`, the defaults are the `--quick` sizes."""
+    import tyro
+
+    exp = _experiment(name)
     buf = io.StringIO()
+    prog = f"{_prog()} run {name}" + (" --quick" if quick else "")
+    default = exp.quick() if quick else None
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             config, unknown = tyro.cli(
-                exp.config, args=args, prog=f"python -m sims run {name}", return_unknown_args=True
+                exp.config, args=args, prog=prog, default=default, return_unknown_args=True
             )
     except SystemExit as e:
         if e.code == 0:  # --help
             print(buf.getvalue().rstrip())
-            print("\nrun options: --out DIR, --overwrite, --gif, --no-animation")
+            print(
+                "\nrun options:\n"
+                "  --out DIR       run directory (default: runs/NAME-TIMESTAMP)\n"
+                "  --overwrite     replace DIR if it is a complete run of this program\n"
+                "  --gif           write the animation as GIF instead of MP4\n"
+                "  --no-animation  skip the animation\n"
+                "  --quick         small sizes, under 30 s on 2 CPU cores (with --quick, --help\n"
+                "                  shows the quick defaults)"
+            )
+            if any("solver" in f.name for f in _fields(exp.config)):
+                print(f"\nsolvers: {', '.join(solver_names())}")
             raise
         raise UsageError(_one_line(buf.getvalue())) from None
     except ValueError as e:  # a config's own checks, from __post_init__
@@ -121,167 +289,187 @@ def parse_config(name: str, args: list[str]):
     return config
 
 
-def run_command(name: str, args: list[str]) -> Path:
-    import sims
+def _fields(config_type):
+    import dataclasses
 
-    options, rest = _split_run_options(args)
-    config = parse_config(name, rest)
+    return dataclasses.fields(config_type)
+
+
+def run_command(name: str, args: list[str], options: argparse.Namespace, typed: str) -> Path:
+    """`run NAME [options] [params]`: run, list the files, print the results' summary."""
+    import sims
+    from sims import _summary
+
+    more = _Parser(prog=f"{_prog()} run {name}", add_help=False, allow_abbrev=False)
+    _add_run_options(more)
+    later, params = more.parse_known_args(args)
+    for key, value in vars(later).items():
+        if value not in (None, False):
+            setattr(options, key, value)
+    config = parse_config(name, params, quick=options.quick)
     try:
         out = sims.run(
             config,
-            options["out"],
-            overwrite=options["overwrite"],
-            gif=options["gif"],
-            animation=not options["no_animation"],
+            options.out,
+            overwrite=options.overwrite,
+            command=typed,
+            gif=options.gif,
+            animation=not options.no_animation,
         )
     except sims.RunError as e:
         raise UsageError(str(e)) from None
     print(f"\nrun directory: {out}")
     for path in sorted(out.iterdir()):
-        print(f"  {path.name:<20} {path.stat().st_size / 1024:>9.1f} KiB")
+        print(f"  {path.name:<24} {path.stat().st_size / 1024:>9.1f} KiB")
+    lines = _summary.summarize(_experiment(name), out)
+    if lines:
+        print(f"\n{name}: results (metrics.json)")
+        for line in lines:
+            print(f"  {line}")
     return out
 
 
-_REPLAY_VALUES = {
-    "--out": str,
-    "--fps": float,
-    "--duration": float,
-    "--dpi": int,
-    "--resolution": str,
-    "--trail": int,
-    "--every": int,
-    "--view": str,
-    "--series": str,
-    "--cluster-tol": float,
-}
-_REPLAY_FLAGS = {"--gif", "--no-clusters", "--quiet"}
-_PLOT_OPTIONS = {"--dpi", "--series", "--cluster-tol", "--no-clusters"}
-
-
-def _parse_replay(command: str, args: list[str]) -> tuple[str, dict]:
-    """RUN_DIR and the `--option value` pairs of `animate` or `plot`, each checked."""
-    directory, options = None, {}
-    it = iter(args)
-    for arg in it:
-        flag, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if not arg.startswith("-"):
-            if directory is not None:
-                raise UsageError(f"{command} takes one RUN_DIR; got {directory!r} and {arg!r}")
-            directory = arg
-            continue
-        allowed = _PLOT_OPTIONS if command == "plot" else set(_REPLAY_VALUES) | _REPLAY_FLAGS
-        if flag not in allowed:
-            raise UsageError(f"unknown option {flag} for {command} (see `python -m sims --help`)")
-        if flag in _REPLAY_FLAGS:
-            options[flag] = True
-            continue
-        value = inline or next(it, None)
-        if value is None:
-            raise UsageError(f"{flag} needs a value")
-        try:
-            options[flag] = _REPLAY_VALUES[flag](value)
-        except ValueError:
-            raise UsageError(
-                f"{flag}: expected {_REPLAY_VALUES[flag].__name__}, got {value!r}"
-            ) from None
-        number = options[flag]
-        if flag in ("--fps", "--duration", "--dpi", "--every", "--cluster-tol") and not number > 0:
-            raise UsageError(f"{flag} must be > 0; got {value}")
-        if flag == "--trail" and number < 0:
-            raise UsageError(f"--trail must be >= 0; got {value}")
-    if directory is None:
-        raise UsageError(f"{command} needs a run directory: python -m sims {command} RUN_DIR")
-    return directory, options
-
-
-def _pair(flag: str, text: str, sep: str, kind=int) -> tuple:
-    parts = text.split(sep)
-    try:
-        pair = tuple(kind(p) for p in parts)
-    except ValueError:
-        pair = ()
-    if len(pair) != 2:
-        example = "1280x720" if sep == "x" else "20,-60"
-        raise UsageError(f"{flag}: expected two numbers like {example}; got {text!r}")
-    return pair
-
-
-def replay_command(command: str, args: list[str]) -> list[Path]:
+def replay_command(command: str, opts: argparse.Namespace) -> list[Path]:
     """`animate RUN_DIR` / `plot RUN_DIR`: redraw from the saved files, never recomputing."""
     from sims import _replay
 
-    directory, opts = _parse_replay(command, args)
     try:
-        run = _replay.load(directory)
-        tol = None if opts.get("--no-clusters") else opts.get("--cluster-tol", run.cluster_tol)
-        series = opts["--series"].split(",") if "--series" in opts else None
-        if command == "plot":
-            written = _replay.draw_figures(
-                run, series=series, cluster_tol=tol, dpi=opts.get("--dpi", 110)
-            )
+        _replay.check_complete(opts.run_dir)
+        exp = _replay.experiment_of(opts.run_dir)
+        hook = None
+        if exp is not None:
+            hook = exp.draw_figures if command == "plot" else exp.draw_animations
+        if hook is not None:
+            written = _own_drawings(command, exp, hook, opts)
         else:
-            options = {"fps": opts.get("--fps", 20), "dpi": opts.get("--dpi", 100)}
-            if "--duration" in opts:
-                options["duration"] = opts["--duration"]
-            if "--resolution" in opts:
-                options["resolution"] = _pair("--resolution", opts["--resolution"], "x")
-            if "--view" in opts:
-                options["view"] = _pair("--view", opts["--view"], ",", float)
-            if "--every" in opts:
-                options["frames"] = range(0, len(run.ts), opts["--every"])
-            out = Path(opts["--out"]) if "--out" in opts else None
-            if out is not None and out.suffix not in (".mp4", ".gif"):
-                raise UsageError(f"--out must end in .mp4 or .gif; got {out.name}")
-            written = [
-                _replay.draw_animation(
-                    run,
-                    out,
-                    gif=opts.get("--gif", False),
-                    series=series,
-                    cluster_tol=tol,
-                    trail=opts.get("--trail", 0),
-                    progress=not opts.get("--quiet", False),
-                    **options,
-                )
-            ]
+            written = _generic_drawings(command, opts)
     except _replay.ReplayError as e:
         raise UsageError(str(e)) from None
+    except OSError as e:  # writing: a read-only directory, a full disk
+        where = e.filename or opts.run_dir
+        raise UsageError(f"{where}: cannot write ({e.strerror or e})") from None
     for path in written:
         print(f"wrote {path}  ({path.stat().st_size / 1024:.1f} KiB)")
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from sims._registry import DEFAULT
+def _own_drawings(command: str, exp, hook, opts: argparse.Namespace) -> list[Path]:
+    """An experiment's own figures or animations, drawn by the functions it registered."""
+    from sims import _replay
 
+    directory = Path(opts.run_dir)
+    given = {"dpi": opts.dpi}
+    if command == "animate":
+        if opts.out is not None or opts.series or opts.cluster_tol or opts.no_clusters:
+            raise UsageError(
+                f"{exp.name} draws its own animations: --out, --series and the cluster "
+                "options apply to trajectory-only runs"
+            )
+        given.update(fps=opts.fps, duration=opts.duration, resolution=opts.resolution)
+        given.update(view=opts.view, trail=opts.trail or None)
+    elif opts.series or opts.cluster_tol or opts.no_clusters:
+        raise UsageError(
+            f"{exp.name} draws its own figures: --series and the cluster options apply to "
+            "trajectory-only runs"
+        )
+    options = {k: v for k, v in given.items() if v is not None}
     try:
-        if argv and argv[0] in ("-h", "--help", "help"):
-            print(USAGE.format(default=DEFAULT))
-            return 0
-        if not argv or argv[0].startswith("--"):
-            run_command(DEFAULT, argv)
-        elif argv[0] == "list":
-            import sims
+        if command == "plot":
+            return hook(directory, **options)
+        return hook(directory, gif=opts.gif, progress=not opts.quiet, **options)
+    except (FileNotFoundError, ValueError, KeyError, IndexError, TypeError) as e:
+        message = str(e).strip("'\"") or type(e).__name__
+        raise _replay.ReplayError(f"{directory}: cannot redraw {exp.name} ({message})") from None
 
-            for exp in sims.list_experiments().values():
-                print(f"{exp.name:<22} {exp.summary}")
-        elif argv[0] == "run":
-            if len(argv) < 2 or argv[1].startswith("-"):
-                raise UsageError("run needs an experiment name (see `python -m sims list`)")
-            run_command(argv[1], argv[2:])
-        elif argv[0] in ("animate", "plot"):
-            replay_command(argv[0], argv[1:])
-        else:
-            raise UsageError(f"unknown command {argv[0]!r} (see `python -m sims --help`)")
+
+def _generic_drawings(command: str, opts: argparse.Namespace) -> list[Path]:
+    """Figures and animation of a run that holds a trajectory (any experiment's, or one
+    saved by `particles.io.save_run`)."""
+    from sims import _replay
+
+    run = _replay.load(opts.run_dir)
+    tol = None if opts.no_clusters else (opts.cluster_tol or run.cluster_tol)
+    series = opts.series.split(",") if opts.series else None
+    if command == "plot":
+        written = _replay.draw_figures(run, series=series, cluster_tol=tol, dpi=opts.dpi or 110)
+    else:
+        options = {"fps": opts.fps or 20, "dpi": opts.dpi or 100}
+        if opts.duration is not None:
+            options["duration"] = opts.duration
+        if opts.resolution is not None:
+            options["resolution"] = opts.resolution
+        if opts.view is not None:
+            options["view"] = opts.view
+        if opts.every is not None:
+            options["frames"] = range(0, len(run.ts), opts.every)
+        out = opts.out
+        if out is not None and out.suffix not in (".mp4", ".gif"):
+            raise UsageError(f"--out must end in .mp4 or .gif; got {out.name}")
+        written = [
+            _replay.draw_animation(
+                run,
+                out,
+                gif=opts.gif,
+                series=series,
+                cluster_tol=tol,
+                trail=opts.trail,
+                progress=not opts.quiet,
+                **options,
+            )
+        ]
+    return written
+
+
+def _dispatch(argv: list[str]) -> None:
+    from sims._registry import DEFAULT, list_experiments
+
+    typed = " ".join([_prog(), shlex.join(argv)]).rstrip()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["run", DEFAULT, *argv]
+    elif argv[0] == "help":
+        argv = ["--help", *argv[1:]]
+    elif not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown command {argv[0]!r}{hint} (see `{_prog()} --help`)")
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        what = "option" if extra[0].startswith("-") else "argument"
+        raise UsageError(f"unknown {what} {extra[0]} (see `{_prog()} {args.command} --help`)")
+    if args.command == "list":
+        for exp in list_experiments().values():
+            print(f"{exp.name:<20} {exp.summary}")
+    elif args.command == "run":
+        if args.name is None:
+            raise UsageError(f"run needs an experiment name (see `{_prog()} list`)")
+        run_command(args.name, args.params, args, typed)
+    else:
+        replay_command(args.command, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sims import _files
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # imageio-ffmpeg forks (preexec_fn) to start ffmpeg in its own process group unless told
+    # not to; a fork of a process running JAX threads can deadlock (and JAX warns). Without
+    # it ffmpeg starts through posix_spawn/vfork; a Ctrl-C then reaches ffmpeg as well,
+    # which is what should happen to a run being interrupted.
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+    try:
+        with _files.signals_raise():
+            _dispatch(argv)
     except UsageError as e:
         print(f"sims: error: {e}", file=sys.stderr)
         return 2
     except SystemExit as e:
-        return int(e.code or 0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except KeyboardInterrupt:
-        print("sims: interrupted; no run directory was written", file=sys.stderr)
-        return 130
+        print("sims: interrupted (SIGINT); no partial files were left behind", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _files.Interrupted as e:
+        print(f"sims: interrupted ({e}); no partial files were left behind", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 

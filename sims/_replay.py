@@ -3,7 +3,10 @@
 A run directory holds `trajectory.npz` (required here), `config.json` and `metrics.json`
 (`{"ts": [...], "series": {name: [...]}}`), and optionally `arrays.npz`; an array
 `attention` `(T, n, n)` there becomes a heat-map panel of the animation. Every broken or
-missing file raises `ReplayError` with one line naming the file.
+missing file raises `ReplayError` with one line naming the file; `check_complete` refuses a
+run left incomplete by an interruption. Figures and animations are written atomically (a hidden
+temporary file beside the target, renamed over it) with ordinary modes (0644 under umask 022),
+so an interrupted `plot` or `animate` leaves the previous file as it was.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import numpy as np
 
 import particles as P
+
+from . import _files
 
 SERIES_SHOWN = 3  # metric panels drawn by default (the first series of metrics.json)
 
@@ -49,11 +54,46 @@ class SavedRun:
         return float(tol) if isinstance(tol, (int, float)) and tol > 0 else None
 
 
+def check_complete(directory: str | Path) -> None:
+    """Raise `ReplayError` if `directory` is a run still being written, or the leftover of
+    an interrupted one (killed before it could clean up): never redraw it as a run."""
+    directory = Path(directory)
+    if (
+        directory.name.endswith(_files.PARTIAL_SUFFIX)
+        or (directory / _files.PARTIAL_MARKER).exists()
+    ):
+        raise ReplayError(
+            f"{directory}: an incomplete run left by an interrupted run, not a run to redraw"
+        )
+
+
+def experiment_of(directory: str | Path):
+    """The registered experiment that wrote `directory` (from its config.json), or `None`
+    (a run saved by `particles.io.save_run`, an unknown name, an unreadable file: the
+    generic redraw then reports what is wrong)."""
+    from . import _registry
+
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = P.io.read_json(path)
+    except (OSError, ValueError):
+        return None
+    name = config.get("experiment") if isinstance(config, dict) else None
+    return _registry.list_experiments().get(name) if isinstance(name, str) else None
+
+
 def load(directory: str | Path) -> SavedRun:
     """Read a run directory written by `sims.run` (or `particles.io.save_run`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ReplayError(f"{directory}: no such run directory")
+    for name in (P.io.TRAJECTORY_FILE, "config.json", "metrics.json", "arrays.npz"):
+        path = directory / name
+        # a FIFO would block and a device (/dev/zero) never ends: read regular files only
+        if path.exists() and not path.is_file():
+            raise ReplayError(f"{path}: not a regular file")
     try:
         trajectory = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
         config = (
@@ -68,12 +108,11 @@ def load(directory: str | Path) -> SavedRun:
         )
         arrays = {}
         if (directory / "arrays.npz").exists():
-            with np.load(directory / "arrays.npz") as data:
-                arrays = {k: data[k] for k in data.files}
+            arrays = P.io.load_arrays(directory / "arrays.npz")
     except (FileNotFoundError, ValueError) as e:
         raise ReplayError(str(e)) from None
-    except Exception as e:  # a zip or pickle error inside arrays.npz
-        raise ReplayError(f"{directory / 'arrays.npz'}: not a readable array file ({e})") from None
+    except OSError as e:  # unreadable: permissions, I/O error
+        raise ReplayError(f"{e.filename or directory}: cannot read ({e.strerror})") from None
     ts, xs = np.asarray(trajectory.ts), np.asarray(trajectory.xs)
     if not np.all(np.isfinite(xs)):
         raise ReplayError(f"{directory / P.io.TRAJECTORY_FILE}: the trajectory holds NaN or inf")
@@ -88,10 +127,17 @@ def load(directory: str | Path) -> SavedRun:
             f"expected (T, n, n) = {(len(ts), n, n)}"
         )
     inner = config.get("config", config)
+    if not isinstance(inner, dict):
+        raise ReplayError(f"{directory / 'config.json'}: 'config' must be an object")
+    tol = inner.get("cluster_tol")
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol <= 0):
+        raise ReplayError(
+            f"{directory / 'config.json'}: cluster_tol must be a number > 0; got {tol!r}"
+        )
     return SavedRun(
         directory=directory,
         experiment=str(config.get("experiment", directory.name)),
-        config=inner if isinstance(inner, dict) else {},
+        config=inner,
         ts=ts,
         xs=xs,
         series=series,
@@ -141,15 +187,25 @@ def draw_figures(
         run.ts, run.xs, shown, clusters=clusters, singletons="0.65", title=run.title
     )
     out = [run.directory / "figure.png", run.directory / "final_state.png"]
-    fig.savefig(out[0], dpi=dpi)
-    fig = plot.final_state(
-        run.ts, run.xs, clusters=clusters, singletons="0.65", title=run.title, dpi=dpi
-    )
-    fig.savefig(out[1], dpi=dpi)
     import matplotlib.pyplot as plt
 
-    plt.close("all")
+    try:
+        with writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+        fig = plot.final_state(
+            run.ts, run.xs, clusters=clusters, singletons="0.65", title=run.title, dpi=dpi
+        )
+        with writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close("all")
     return out
+
+
+def writing(path: Path):
+    """A temporary path to write `path` through, atomically; a failed write (read-only
+    directory, full disk) raises `OSError` naming `path`, which is left as it was."""
+    return _files.atomic_path(path)
 
 
 def _pick(run: SavedRun, names: list[str] | None) -> dict[str, np.ndarray]:
@@ -176,18 +232,27 @@ def draw_animation(
 ) -> Path:
     """Write the animation of a saved run (`animation.mp4`, or `.gif`), options as in
     `particles.plot.animate`."""
+    out = Path(out or run.directory / ("animation.gif" if gif else "animation.mp4"))
+    with writing(out) as tmp:
+        _animate(run, tmp, series, cluster_tol, progress, options)
+    return out
+
+
+def _animate(run, path, series, cluster_tol, progress, options):
     from particles import plot
 
-    out = out or run.directory / ("animation.gif" if gif else "animation.mp4")
-    return plot.animate(
-        run.ts,
-        run.xs,
-        out,
-        metrics=_pick(run, series),
-        clusters=_clusters(run, cluster_tol),
-        singletons="0.65",
-        attention=run.arrays.get("attention"),
-        title=run.title,
-        progress=progress,
-        **options,
-    )
+    try:
+        plot.animate(
+            run.ts,
+            run.xs,
+            path,
+            metrics=_pick(run, series),
+            clusters=_clusters(run, cluster_tol),
+            singletons="0.65",
+            attention=run.arrays.get("attention"),
+            title=run.title,
+            progress=progress,
+            **options,
+        )
+    except RuntimeError as e:  # ffmpeg stopped (e.g. it could not write: a full disk)
+        raise OSError(f"the video encoder failed ({str(e).splitlines()[0]})") from None

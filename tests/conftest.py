@@ -22,6 +22,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 matplotlib.use("Agg")
 # Notebooks and experiments read this switch and run at smoke size.
 os.environ.setdefault("PARTICLES_SIZE", "small")
+# imageio-ffmpeg (reading MP4s back in the tests) starts ffmpeg through a fork with a
+# preexec_fn unless told not to; forking a process that runs JAX threads can deadlock, and
+# JAX warns on every fork. Without it, subprocess starts ffmpeg by vfork/posix_spawn.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
 
 @pytest.fixture

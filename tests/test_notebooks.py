@@ -2,7 +2,9 @@
 
 Notebooks are jupytext percent-format `.py` files. Each is converted to a notebook and
 executed by nbclient in a `python3` kernel of the interpreter running the tests, with
-`PARTICLES_SIZE=small` and the inline matplotlib backend. New notebooks join automatically.
+`PARTICLES_SIZE=small` and the inline matplotlib backend, from `notebooks/` as Jupyter would
+start it; runs go to `$PARTICLES_RUNS` (a temporary folder here, the checkout's `runs/` by
+default) and nothing may appear in `notebooks/`. New notebooks join automatically.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def _kernel_manager():
     return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
-def run_notebook(path: Path, tmp: Path):
-    """Execute the percent-format notebook `path` in `tmp`; returns the executed notebook."""
+def run_notebook(path: Path, tmp: Path, cwd: Path | None = None):
+    """Execute the percent-format notebook `path` from `cwd` (default `tmp`), its runs
+    under `tmp/runs`; returns the executed notebook."""
     import jupytext
     from nbclient import NotebookClient
 
@@ -38,11 +41,12 @@ def run_notebook(path: Path, tmp: Path):
     env["PARTICLES_SIZE"] = "small"
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["PARTICLES_RUNS"] = str(tmp / "runs")
     client = NotebookClient(
         notebook,
         km=_kernel_manager(),
         timeout=TIMEOUT_PER_CELL,
-        resources={"metadata": {"path": str(tmp)}},
+        resources={"metadata": {"path": str(cwd or tmp)}},
     )
     client.execute(env=env)
     return notebook
@@ -58,8 +62,21 @@ def test_the_kernel_is_this_interpreter():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_header_names_the_kernel_and_pairing(path):
+    import jupytext
+
+    metadata = jupytext.read(path).metadata
+    # the python3 kernel is the interpreter Jupyter runs in: the venv's, once ipykernel is in
+    assert metadata["kernelspec"]["name"] == "python3"
+    assert metadata["kernelspec"]["language"] == "python"
+    assert metadata["jupytext"]["formats"] == "ipynb,py:percent"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
-    notebook = run_notebook(path, tmp_path)
+    before = sorted(p.name for p in path.parent.iterdir())
+    notebook = run_notebook(path, tmp_path, cwd=path.parent)
+    assert sorted(p.name for p in path.parent.iterdir()) == before  # runs go to runs/
     errors = [
         out
         for cell in notebook.cells

@@ -809,10 +809,10 @@ def test_sims_replay_options_are_checked(saved_run, capsys):
     assert _sims("plot", saved_run, "--series", "nope") == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [
-        "sims: error: --fps must be > 0; got 0",
+        "sims: error: --fps: must be > 0; got 0",
         "sims: error: --resolution: expected two numbers like 1280x720; got 'wide'",
-        "sims: error: unknown option --gif for plot (see `python -m sims --help`)",
-        "sims: error: animate needs a run directory: python -m sims animate RUN_DIR",
+        "sims: error: unknown option --gif (see `python -m sims plot --help`)",
+        "sims: error: missing RUN_DIR (see `python -m sims animate --help`)",
         f"sims: error: {saved_run / 'metrics.json'}: no series 'nope' (has: mean_cosine)",
     ]
 

@@ -83,3 +83,33 @@ def save(
             **numbers,
         },
     )
+
+
+def load(directory: Path) -> dict:
+    """Read back what `save` wrote: `config` (the experiment's parameters), `metrics`,
+    `names`, `ts`, `series` `{metric: (k, T)}`, and per group `xs` / `labels` (a list, one
+    entry per group). Figures are drawn from this alone, never from a recomputation."""
+    config = P.io.read_json(directory / "config.json")["config"]
+    saved = P.io.read_json(directory / "metrics.json")
+    names = list(saved["runs"])
+    arrays = P.io.load_arrays(directory / "arrays.npz")
+    groups = sorted(k for k in arrays if k == "xs" or k.startswith("xs_"))
+    metrics_names = []
+    for key in saved["series"]:
+        metric = key.rsplit(" [", 1)[0]
+        if metric not in metrics_names:
+            metrics_names.append(metric)
+    series = {
+        m: np.asarray([saved["series"][f"{m} [{name}]"] for name in names]) for m in metrics_names
+    }
+    return dict(
+        config=config,
+        metrics=saved,
+        names=names,
+        ts=np.asarray(saved["ts"], dtype=float),
+        series=series,
+        xs=[arrays[g] for g in groups],
+        labels=[
+            arrays[g.replace("xs", "labels")] for g in groups if g.replace("xs", "labels") in arrays
+        ],
+    )

@@ -14,8 +14,9 @@ import particles as P
 from particles import metrics
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 from . import _clusterkit
 
 
@@ -60,8 +61,6 @@ class Config:
 
 @experiment("causal", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     x0 = P.clouds.sphere_uniform(jax.random.key(config.seed), config.n, config.d)
     ts = jnp.linspace(0.0, config.t1, config.frames)
     betas = jnp.asarray(config.betas)
@@ -95,41 +94,84 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         final_cosines_with_token_0=dict(zip(names, final_cos.tolist(), strict=True)),
     )
 
-    title = (
-        f"causal {config.normalization} attention on $S^{{{config.d - 1}}}$, n = {config.n}, "
-        "Q = K = V = I (token 0 in black)"
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
+    if animation:
+        render(directory, gif=gif)
+
+
+def _title(config: dict) -> str:
+    return (
+        f"causal {config['normalization']} attention on $S^{{{config['d'] - 1}}}$, "
+        f"n = {config['n']}, Q = K = V = I (token 0 in black)"
     )
-    shown = {k: series[k] for k in ("alignment with token 0", "clusters", "effective_rank")}
-    axes = plot.run_curves(ts, shown, labels=names)
-    axes[0].figure.suptitle(title)
-    axes[0].figure.savefig(directory / "metrics.png", dpi=110)
-    # colour by tracked cluster, token 0 in black
+
+
+def _colors(labels) -> list:
+    """Colour by tracked cluster, token 0 in black."""
+    from particles import plot
+
     colors = []
-    for j in range(len(names)):
-        c = plot.cluster_colors(labels[j], singletons="0.65")
+    for runs in labels:
+        c = plot.cluster_colors(runs, singletons="0.65")
         c[..., 0, :] = (0.0, 0.0, 0.0, 1.0)
         colors.append(c)
-    fig = plot.final_state(ts, list(np.asarray(xs)), colors=colors, labels=names, title=title)
-    fig.savefig(directory / "final_state.png", dpi=100)
+    return colors
+
+
+@figures("causal")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`metrics.png`, `final_state.png` and `alignment.png`, from the run directory."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.6, 3.4), layout="constrained")
-    ax.plot(np.arange(config.n), final_cos.T, marker="o", ms=3, lw=1)
-    ax.set_xlabel("token index i")
-    ax.set_ylabel(r"$\langle x_i(t_1), x_0\rangle$")
-    ax.legend(names, fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.set_title("final alignment with the first token")
-    fig.savefig(directory / "alignment.png", dpi=110)
-    plt.close("all")
-    if animation:
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    names, ts, series, title = r["names"], r["ts"], r["series"], _title(r["config"])
+    xs, labels = r["xs"][0], r["labels"][0]
+    final_cos = np.asarray([r["metrics"]["final_cosines_with_token_0"][n] for n in names])
+    out = [directory / n for n in ("metrics.png", "final_state.png", "alignment.png")]
+    try:
+        shown = {k: series[k] for k in ("alignment with token 0", "clusters", "effective_rank")}
+        axes = plot.run_curves(ts, shown, labels=names)
+        axes[0].figure.suptitle(title)
+        with _replay.writing(out[0]) as tmp:
+            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        fig = plot.final_state(ts, list(xs), colors=_colors(labels), labels=names, title=title)
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 100)
+        fig, ax = plt.subplots(figsize=(4.6, 3.4), layout="constrained")
+        ax.plot(np.arange(xs.shape[2]), final_cos.T, marker="o", ms=3, lw=1)
+        ax.set_xlabel("token index i")
+        ax.set_ylabel(r"$\langle x_i(t_1), x_0\rangle$")
+        ax.legend(names, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.set_title("final alignment with the first token")
+        with _replay.writing(out[2]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 110)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("causal")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): every beta side by side, token 0 in black."""
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    options.setdefault("fps", r["config"]["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
         plot.animate(
-            ts,
-            list(np.asarray(xs)),
-            directory / ("animation.gif" if gif else "animation.mp4"),
-            labels=names,
-            colors=colors,
-            metrics={"alignment with token 0": series["alignment with token 0"]},
-            fps=config.fps,
-            title=title,
+            r["ts"],
+            list(r["xs"][0]),
+            tmp,
+            labels=r["names"],
+            colors=_colors(r["labels"][0]),
+            metrics={"alignment with token 0": r["series"]["alignment with token 0"]},
+            title=_title(r["config"]),
+            progress=progress,
+            **options,
         )
+    return [out]

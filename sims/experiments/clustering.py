@@ -14,8 +14,9 @@ import particles as P
 from particles import metrics
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 from . import _clusterkit
 
 
@@ -67,8 +68,6 @@ def _solve(attention, x0, ts, config):
 
 @experiment("clustering", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     key_x, key_qkv = jax.random.split(jax.random.key(config.seed))
     x0 = P.clouds.sphere_uniform(key_x, config.n, config.d)
     ts = jnp.linspace(0.0, config.t1, config.frames)
@@ -111,46 +110,78 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         time_to_one_cluster=dict(zip(names, t_one.tolist(), strict=True)),
     )
 
-    title = (
-        f"$S^{{{config.d - 1}}}$, n = {config.n}, Q = K = V = I (random QKV: softmax, "
-        f"$\\beta$ = {config.betas[0]:g})"
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
+    if animation:
+        render(directory, gif=gif)
+
+
+def _title(config: dict) -> str:
+    return (
+        f"$S^{{{config['d'] - 1}}}$, n = {config['n']}, Q = K = V = I (random QKV: softmax, "
+        f"$\\beta$ = {config['betas'][0]:g})"
     )
-    shown = ["clusters", "effective_rank", "energy", "diameter"]
-    axes = plot.run_curves(ts, {k: series[k] for k in shown}, labels=names, logy=("diameter",))
-    axes[0].figure.suptitle(title)
-    axes[0].figure.savefig(directory / "metrics.png", dpi=110)
-    fig = plot.final_state(
-        ts,
-        list(np.asarray(xs)),
-        clusters=list(labels),
-        singletons="0.65",
-        labels=names,
-        title=title,
-    )
-    fig.savefig(directory / "final_state.png", dpi=90)
-    # the slowest of the SA runs, on its way
-    slow = len(config.betas) - 1
-    fig = plot.snapshots(ts, np.asarray(xs[slow]), clusters=labels[slow], singletons="0.65")
-    fig.suptitle(f"{names[slow]}: snapshots coloured by tracked cluster")
-    fig.savefig(directory / "snapshots.png", dpi=90)
+
+
+@figures("clustering")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`metrics.png`, `final_state.png` and `snapshots.png`, from the run directory."""
     import matplotlib.pyplot as plt
 
-    plt.close("all")
-    if animation:
-        # SA and USA at the middle beta, and the first random draw, side by side
-        k = len(config.betas)
-        pick = [k // 2, k + k // 2] + ([2 * k] if config.random_qkv else [])
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    names, ts, series, config = r["names"], r["ts"], r["series"], r["config"]
+    xs, labels, title = r["xs"][0], r["labels"][0], _title(config)
+    out = [directory / n for n in ("metrics.png", "final_state.png", "snapshots.png")]
+    try:
+        shown = ["clusters", "effective_rank", "energy", "diameter"]
+        axes = plot.run_curves(ts, {k: series[k] for k in shown}, labels=names, logy=("diameter",))
+        axes[0].figure.suptitle(title)
+        with _replay.writing(out[0]) as tmp:
+            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        fig = plot.final_state(
+            ts, list(xs), clusters=list(labels), singletons="0.65", labels=names, title=title
+        )
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 90)
+        # the slowest of the SA runs, on its way
+        slow = len(config["betas"]) - 1
+        fig = plot.snapshots(ts, xs[slow], clusters=labels[slow], singletons="0.65")
+        fig.suptitle(f"{names[slow]}: snapshots coloured by tracked cluster")
+        with _replay.writing(out[2]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 90)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("clustering")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): SA and USA at the middle beta, and the first random
+    draw, side by side."""
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    config, names, xs, labels = r["config"], r["names"], r["xs"][0], r["labels"][0]
+    k = len(config["betas"])
+    pick = [k // 2, k + k // 2] + ([2 * k] if config["random_qkv"] else [])
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
         plot.animate(
-            ts,
-            [np.asarray(xs[j]) for j in pick],
-            directory / ("animation.gif" if gif else "animation.mp4"),
+            r["ts"],
+            [xs[j] for j in pick],
+            tmp,
             labels=[names[j] for j in pick],
             clusters=[labels[j] for j in pick],
             singletons="0.65",
             metrics={
-                "clusters": series["clusters"][pick],
-                "effective rank": series["effective_rank"][pick],
+                "clusters": r["series"]["clusters"][pick],
+                "effective rank": r["series"]["effective_rank"][pick],
             },
-            fps=config.fps,
-            title=title,
+            title=_title(config),
+            progress=progress,
+            **options,
         )
+    return [out]

@@ -15,8 +15,9 @@ import numpy as np
 import particles as P
 from particles import metrics, networks, studies
 
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 
 Variant = Literal[
     "residual",
@@ -150,8 +151,6 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
 
 
 def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None:
-    from particles import plot
-
     make, x0 = _setup(config)
     options = _reference_options(config)
     depths = config.depths
@@ -196,7 +195,6 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
             collapse = {
                 L: (np.asarray(fine_ts[:: M // L]), along_depth(L)) for L in config.collapse_depths
             }
-    collapse_scheme = make(collapse_name)[1]
     profile_ts = np.asarray(fine_ts[:: M // config.depth_for_profile])
     ts = limit.ts
 
@@ -225,6 +223,7 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
             "collapse": {
                 "variant": collapse_name,
                 "errors": {str(L): e for L, (_, e) in collapse.items()},
+                "ts": {str(L): t for L, (t, _) in collapse.items()},
             },
             "shallow": {
                 "variant": config.animated,
@@ -235,45 +234,86 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
         },
     )
 
-    title = (
-        f"n = {config.n}, d = {config.d}, T = {config.horizon:g}, "
-        f"random Q, K, V ($\\beta$ = {config.beta:g}), float64"
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
+    if animation:
+        render(directory, gif=gif)
+
+
+def _title(config: dict) -> str:
+    return (
+        f"n = {config['n']}, d = {config['d']}, T = {config['horizon']:g}, "
+        f"random Q, K, V ($\\beta$ = {config['beta']:g}), float64"
     )
-    figure_title = f"residual attention networks against their flows\n{title}"
-    fig = plot.depth_convergence_figure(
-        depths,
-        errors,
-        slopes={k: v for k, v in slopes.items() if v is not None},
-        floor=config.fit_floor,
-        title=figure_title,
-    )
-    fig.savefig(directory / "convergence.png", dpi=120)
-    order = networks.ORDERS[collapse_scheme]
-    fig = plot.depth_error_figure(
-        profile_ts,
-        profile,
-        collapse=collapse,
-        order=order,
-        collapse_label=collapse_name,
-        title=title,
-    )
-    fig.savefig(directory / "depth_error.png", dpi=120)
+
+
+@figures("deep-limit")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`convergence.png` (error at T against depth, fitted slopes) and `depth_error.png`
+    (error along depth, and the collapse of L^p e_l), from the run directory."""
     import matplotlib.pyplot as plt
 
-    plt.close("all")
-    if animation:
-        name = "animation.gif" if gif else "animation.mp4"
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    m = P.io.read_json(directory / "metrics.json")
+    title = _title(config)
+    errors = {k: np.asarray(v) for k, v in m["errors"].items()}
+    out = [directory / "convergence.png", directory / "depth_error.png"]
+    try:
+        fig = plot.depth_convergence_figure(
+            m["depths"],
+            errors,
+            slopes={k: v for k, v in m["slopes"].items() if v is not None},
+            floor=m["fit_floor"],
+            title=f"residual attention networks against their flows\n{title}",
+        )
+        with _replay.writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        collapse = m["collapse"]
+        fig = plot.depth_error_figure(
+            np.asarray(m["depth_profile"]["ts"]),
+            {k: np.asarray(v) for k, v in m["depth_profile"]["errors"].items()},
+            collapse={
+                int(L): (np.asarray(collapse["ts"][L]), np.asarray(e))
+                for L, e in collapse["errors"].items()
+            },
+            order=m["orders"][collapse["variant"]],
+            collapse_label=collapse["variant"],
+            title=title,
+        )
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("deep-limit")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the shallow network's layers beside its flow."""
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    m = P.io.read_json(directory / "metrics.json")
+    layers = P.io.load_trajectory(directory / "network.npz")
+    limit = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
         plot.animate(
-            np.asarray(ts),
+            np.asarray(m["ts"]),
             [np.asarray(layers.xs), np.asarray(limit.xs)],
-            directory / name,
-            labels=[f"{config.animated} network, {config.shallow_depth} layers", "its flow"],
-            metrics={"max distance, network to flow": along},
+            tmp,
+            labels=[f"{config['animated']} network, {config['shallow_depth']} layers", "its flow"],
+            metrics={"max distance, network to flow": np.asarray(m["series"]["network_error"])},
             # one colour per token, the same in both panels: token i of the network is
             # token i of the flow
-            colors=np.linspace(0.0, 1.0, config.n),
+            colors=np.linspace(0.0, 1.0, config["n"]),
             cmap="viridis",
-            fps=config.fps,
-            title=title,
+            title=_title(config),
             time_label="t = l h",
+            progress=progress,
+            **options,
         )
+    return [out]

@@ -15,8 +15,9 @@ import particles as P
 from particles import metrics as M
 from particles import regularity as R
 
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +97,6 @@ def _fit(ns, values, lo, hi):
 
 @experiment("lipschitz", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     d, beta, radius = config.d, config.beta, config.radius
     dot = P.Attention.identity(d, beta)
     causal = P.Attention.identity(d, beta, causal=True)
@@ -231,57 +230,109 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         },
     )
 
+    if last is not None:  # the last gradient ascent, animated
+        P.io.save_run(
+            directory,
+            arrays={"clouds": np.asarray(last.clouds), "history": np.asarray(last.history)},
+        )
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
+    if animation and last is not None:
+        render(directory, gif=gif)
+
+
+@figures("lipschitz")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`lipschitz_vs_n.png` and, with a radius sweep, `lipschitz_vs_radius.png`."""
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.8), layout="constrained")
-    ball = {k: series[k] for k in names[:5]}
-    other = {k: series[k] for k in names[5:]}
-    if len(search_ns):
-        ball["dot, searched"] = (search_ns, np.asarray(searched["dot"]))
-        other["sphere, searched"] = (search_ns, np.asarray(searched["sphere"]))
-        other["L2, searched"] = (search_ns, np.asarray(searched["L2"]))
-    plot.lipschitz_vs_n(
-        ns,
-        ball,
-        bounds={k: v for k, v in bounds.items() if k.startswith("dot")},
-        fits={
-            k: fits[k] for k in ("leader, max gap", "causal adversarial", "iid ball") if k in fits
-        },
-        threshold=threshold if threshold <= ns[-1] else None,
-        ax=left,
-        title=f"dot-product attention in the ball R = {radius:g}, $\\beta$ = {beta:g}",
-    )
-    plot.lipschitz_vs_n(
-        ns,
-        other,
-        bounds={k: v for k, v in bounds.items() if not k.startswith("dot")},
-        fits={k: fits[k] for k in ("sphere iid", "L2 iid") if k in fits},
-        ax=right,
-        title=f"sphere ($\\beta$ = {config.sphere_beta:g}) and L2 attention (tied, R = {radius:g})",
-    )
-    fig.suptitle(f"local Lipschitz constant of self-attention, Q = K = V = I, d = {d}")
-    fig.savefig(directory / "lipschitz_vs_n.png", dpi=120)
-    if config.radius_points:
-        fig = plot.lipschitz_vs_radius(
-            radii,
-            radius_series,
-            bounds=radius_bounds,
-            title=f"n = {m}: dot-product attention is not globally Lipschitz",
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    m = P.io.read_json(directory / "metrics.json")
+    d, beta, radius = config["d"], config["beta"], config["radius"]
+    ns = np.asarray(m["ns"])
+    series = {k: np.asarray(v) for k, v in m["series"].items()}
+    names = list(series)
+    bounds = {k: np.asarray(v) for k, v in m["bounds"].items()}
+    fits = m["fits"]
+    threshold = m["saturation"]["predicted_n"]
+    search_ns = np.asarray(m["search"]["ns"])
+    out = [directory / "lipschitz_vs_n.png"]
+    try:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12.5, 4.8), layout="constrained")
+        ball = {k: series[k] for k in names[:5]}
+        other = {k: series[k] for k in names[5:]}
+        if len(search_ns):
+            ball["dot, searched"] = (search_ns, np.asarray(m["search"]["dot"]))
+            other["sphere, searched"] = (search_ns, np.asarray(m["search"]["sphere"]))
+            other["L2, searched"] = (search_ns, np.asarray(m["search"]["L2"]))
+        plot.lipschitz_vs_n(
+            ns,
+            ball,
+            bounds={k: v for k, v in bounds.items() if k.startswith("dot")},
+            fits={
+                k: fits[k]
+                for k in ("leader, max gap", "causal adversarial", "iid ball")
+                if k in fits
+            },
+            threshold=threshold if threshold <= ns[-1] else None,
+            ax=left,
+            title=f"dot-product attention in the ball R = {radius:g}, $\\beta$ = {beta:g}",
         )
-        fig.savefig(directory / "lipschitz_vs_radius.png", dpi=120)
-    if animation and last is not None:
-        name = "animation.gif" if gif else "animation.mp4"
-        steps = np.arange(config.search_steps)
+        plot.lipschitz_vs_n(
+            ns,
+            other,
+            bounds={k: v for k, v in bounds.items() if not k.startswith("dot")},
+            fits={k: fits[k] for k in ("sphere iid", "L2 iid") if k in fits},
+            ax=right,
+            title=f"sphere ($\\beta$ = {config['sphere_beta']:g}) and L2 attention "
+            f"(tied, R = {radius:g})",
+        )
+        fig.suptitle(f"local Lipschitz constant of self-attention, Q = K = V = I, d = {d}")
+        with _replay.writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        if config["radius_points"]:
+            r = m["radius"]
+            fig = plot.lipschitz_vs_radius(
+                np.asarray(r["radii"]),
+                {k: np.asarray(v) for k, v in r["series"].items()},
+                bounds={k: np.asarray(v) for k, v in r["bounds"].items()},
+                title=f"n = {r['n']}: dot-product attention is not globally Lipschitz",
+            )
+            out.append(directory / "lipschitz_vs_radius.png")
+            with _replay.writing(out[-1]) as tmp:
+                fig.savefig(tmp, dpi=dpi or 120)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("lipschitz")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the last gradient ascent on the Lipschitz constant."""
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    search_ns = P.io.read_json(directory / "metrics.json")["search"]["ns"]
+    arrays = P.io.load_arrays(directory / "arrays.npz")
+    steps = np.arange(config["search_steps"])
+    options.setdefault("fps", config["fps"])
+    options.setdefault("frames", steps[:: max(1, config["search_steps"] // 50)])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
         plot.animate(
             steps,
-            np.asarray(last.clouds),
-            directory / name,
-            frames=steps[:: max(1, config.search_steps // 50)],
-            metrics={"Lipschitz constant": np.asarray(last.history)},
-            fps=config.fps,
-            title=f"gradient ascent on the Lipschitz constant, n = {int(search_ns[-1])}, R = {radius:g}",
+            arrays["clouds"],
+            tmp,
+            metrics={"Lipschitz constant": arrays["history"]},
+            title="gradient ascent on the Lipschitz constant, "
+            f"n = {int(search_ns[-1])}, R = {config['radius']:g}",
             time_label="step",
+            progress=progress,
+            **options,
         )
+    return [out]
 
 
 def _radius_sweep(config: Config, dot, l2, radii, key):

@@ -23,8 +23,9 @@ from particles import studies as S
 from particles import wasserstein as W
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +118,6 @@ def _attention(config, key):
 def run_gaussian(
     config: GaussianConfig, directory: Path, *, gif: bool = False, animation: bool = True
 ) -> None:
-    from particles import plot
-
     k_attn, k_study, k_anim, k_stab, k_causal = jax.random.split(jax.random.key(config.seed), 5)
     attention = _attention(config, k_attn)
     d = config.d
@@ -213,6 +212,7 @@ def run_gaussian(
                 "seeds": config.seeds,
                 "rms_at_t1": convergence,
                 "slopes": {k: v[0] for k, v in slopes.items()},
+                "prefactors": {k: v[1] for k, v in slopes.items()},
                 "mean_error": np.asarray(study.mean_error),
                 "cov_error": np.asarray(study.cov_error),
                 "coupling": np.asarray(study.coupling),
@@ -230,44 +230,99 @@ def run_gaussian(
                 "gronwall_bound": np.asarray(stab.bound),
                 "log_norm": np.asarray(stab.log_norm),
             },
-            "causal": {"ns": causal_ns, "errors": causal_errors, "slope": causal_slope[0]},
+            "causal": {
+                "ns": causal_ns,
+                "errors": causal_errors,
+                "slope": causal_slope[0],
+                "prefactor": causal_slope[1],
+            },
             "blowup_time": float(solution.blowup_time),
         },
     )
-    kernel = "L2" if config.kernel == "l2" else "dot-product"
-    fig = plot.sample_convergence_figure(
-        ns,
-        convergence,
-        slopes,
-        ylabel=f"RMS error at t = {config.t1:g}",
-        title=f"propagation of chaos ({kernel}, d = {d}, {config.seeds} seeds)",
-    )
-    fig.savefig(directory / "convergence.png", dpi=120)
-    fig = plot.stability_figure(
-        stab.ts, stab.ratio, stab.bound / stab.coupling[0], rate=float(stab.rate)
-    )
-    fig.axes[0].set_title(f"two clouds at distance {config.delta:g}, n = {config.stability_n}")
-    fig.savefig(directory / "stability.png", dpi=120)
-    fig = plot.sample_convergence_figure(
-        causal_ns,
-        {"causal error": causal_errors},
-        {"causal error": causal_slope},
-        reference_slope=-1.0,
-        xlabel="sequence length n",
-        ylabel=f"RMS error at t = {config.t1:g}",
-        title="causal attention: n tokens vs the limit profile",
-    )
-    fig.savefig(directory / "causal.png", dpi=120)
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw_gaussian(directory)
     if animation:
-        plot.gaussian_animation(
-            ts,
-            trajectory.xs[..., :2],
-            solution.means[:, :2],
-            solution.covs[:, :2, :2],
-            directory / ("animation.gif" if gif else "animation.mp4"),
-            fps=config.fps,
-            title=f"n = {config.animation_n} particles over the mean-field Gaussian",
+        render_gaussian(directory, gif=gif)
+
+
+def _floats(values) -> np.ndarray:
+    return np.asarray(values, dtype=float)  # "nan" / "inf" strings of metrics.json included
+
+
+@figures("mean-field")
+def draw_gaussian(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`convergence.png`, `stability.png` and `causal.png`, from the run directory."""
+    import matplotlib.pyplot as plt
+
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    m = P.io.read_json(directory / "metrics.json")
+    c, stab, causal = m["convergence"], m["stability"], m["causal"]
+    kernel = "L2" if config["kernel"] == "l2" else "dot-product"
+    out = [directory / n for n in ("convergence.png", "stability.png", "causal.png")]
+    try:
+        fig = plot.sample_convergence_figure(
+            c["ns"],
+            {k: _floats(v) for k, v in c["rms_at_t1"].items()},
+            {k: (c["slopes"][k], c["prefactors"][k]) for k in c["slopes"]},
+            ylabel=f"RMS error at t = {config['t1']:g}",
+            title=f"propagation of chaos ({kernel}, d = {config['d']}, {config['seeds']} seeds)",
         )
+        with _replay.writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        fig = plot.stability_figure(
+            _floats(stab["ts"]),
+            _floats(stab["ratio"]),
+            _floats(stab["gronwall_bound"]) / _floats(stab["coupling"])[0],
+            rate=float(stab["rate"]),
+        )
+        fig.axes[0].set_title(
+            f"two clouds at distance {config['delta']:g}, n = {config['stability_n']}"
+        )
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        fig = plot.sample_convergence_figure(
+            causal["ns"],
+            {"causal error": _floats(causal["errors"])},
+            {"causal error": (causal["slope"], causal["prefactor"])},
+            reference_slope=-1.0,
+            xlabel="sequence length n",
+            ylabel=f"RMS error at t = {config['t1']:g}",
+            title="causal attention: n tokens vs the limit profile",
+        )
+        with _replay.writing(out[2]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("mean-field")
+def render_gaussian(
+    directory: Path, *, gif: bool = False, progress: bool = True, **options
+) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the particles over the mean-field Gaussian."""
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    series = P.io.read_json(directory / "metrics.json")["series"]
+    trajectory = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
+    means, covs = _floats(series["closed_form_mean"]), _floats(series["closed_form_cov"])
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
+        plot.gaussian_animation(
+            np.asarray(trajectory.ts),
+            np.asarray(trajectory.xs)[..., :2],
+            means[:, :2],
+            covs[:, :2, :2],
+            tmp,
+            title=f"n = {config['animation_n']} particles over the mean-field Gaussian",
+            progress=progress,
+            **options,
+        )
+    return [out]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,8 +379,6 @@ class CircleConfig:
 def run_circle(
     config: CircleConfig, directory: Path, *, gif: bool = False, animation: bool = True
 ) -> None:
-    from particles import plot
-
     theta = mf.circle_grid(config.cells)
     rho0 = mf.circle_density(
         1 + config.modes * jnp.cos(theta) + config.modes / 2 * jnp.sin(2 * theta)
@@ -380,30 +433,77 @@ def run_circle(
             },
             "max_mass_error": float(jnp.max(jnp.abs(eulerian.mass - 1))),
             "eulerian_steps": int(eulerian.num_steps),
-            "convergence": {"ns": ns, "w1_at_t1": w1_n, "rms": rms, "slope": slope[0]},
+            "convergence": {
+                "ns": ns,
+                "w1_at_t1": w1_n,
+                "rms": rms,
+                "slope": slope[0],
+                "prefactor": slope[1],
+            },
         },
     )
     P.io.save_run(
         directory,
         arrays={"ts": ts, "theta": theta, "densities": eulerian.densities, "angles": angles},
     )
-    fig = plot.sample_convergence_figure(
-        ns,
-        {"W1(particles, density)": rms},
-        {"W1(particles, density)": slope},
-        ylabel=f"RMS W1 at t = {config.t1:g}",
-        title=f"circle, {config.normalization}, beta = {config.beta:g}: particles vs Eulerian",
-    )
-    fig.savefig(directory / "convergence.png", dpi=120)
-    fig = plot.density_snapshots(ts, theta, eulerian.densities, angles)
-    fig.savefig(directory / "snapshots.png", dpi=120)
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw_circle(directory)
     if animation:
-        plot.circle_animation(
-            ts,
-            angles,
-            theta,
-            eulerian.densities,
-            directory / ("animation.gif" if gif else "animation.mp4"),
-            fps=config.fps,
-            title=f"n = {config.n} particles over the Eulerian density ({config.cells} cells)",
+        render_circle(directory, gif=gif)
+
+
+@figures("mean-field-circle")
+def draw_circle(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`convergence.png` (W1 against n) and `snapshots.png` (particles over the density)."""
+    import matplotlib.pyplot as plt
+
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    c = P.io.read_json(directory / "metrics.json")["convergence"]
+    arrays = P.io.load_arrays(directory / "arrays.npz")
+    out = [directory / "convergence.png", directory / "snapshots.png"]
+    try:
+        fig = plot.sample_convergence_figure(
+            c["ns"],
+            {"W1(particles, density)": np.asarray(c["rms"])},
+            {"W1(particles, density)": (c["slope"], c["prefactor"])},
+            ylabel=f"RMS W1 at t = {config['t1']:g}",
+            title=f"circle, {config['normalization']}, beta = {config['beta']:g}: "
+            "particles vs Eulerian",
         )
+        with _replay.writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        fig = plot.density_snapshots(
+            arrays["ts"], arrays["theta"], arrays["densities"], arrays["angles"]
+        )
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("mean-field-circle")
+def render_circle(
+    directory: Path, *, gif: bool = False, progress: bool = True, **options
+) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the particles over the Eulerian density."""
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    arrays = P.io.load_arrays(directory / "arrays.npz")
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
+        plot.circle_animation(
+            arrays["ts"],
+            arrays["angles"],
+            arrays["theta"],
+            arrays["densities"],
+            tmp,
+            title=f"n = {config['n']} particles over the Eulerian density ({config['cells']} cells)",
+            progress=progress,
+            **options,
+        )
+    return [out]

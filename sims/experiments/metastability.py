@@ -14,8 +14,9 @@ import particles as P
 from particles import metrics
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 from . import _clusterkit
 
 
@@ -67,8 +68,6 @@ class Config:
 
 @experiment("metastability", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     ts = jnp.concatenate(
         [
             jnp.zeros(1),
@@ -105,7 +104,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     # the energy relative to its value at one cluster, exp(beta) / (2 beta): a staircase to 1
     run_betas = np.tile(np.asarray(config.betas), len(config.dims))
     series["energy / max"] = series["energy"] / (np.exp(run_betas) / (2 * run_betas))[:, None]
-    steps = np.concatenate([np.asarray(g.num_steps) for g in groups])
+    steps = np.concatenate([np.asarray(g.stats.num_steps) for g in groups])
     _clusterkit.save(
         directory,
         groups,
@@ -116,44 +115,75 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         steps_per_unit_time=dict(zip(names, (steps / config.t1).tolist(), strict=True)),
     )
 
-    title = f"metastability, {config.normalization}, n = {config.n}, Q = K = V = I"
-    shown = {k: series[k] for k in ("clusters", "energy / max", "effective_rank")}
-    axes = plot.run_curves(ts, shown, labels=names, log_time=True)
-    axes[0].figure.suptitle(title)
-    axes[0].figure.savefig(directory / "metrics.png", dpi=110)
-    for g, (group, d) in enumerate(zip(groups, config.dims, strict=True)):
-        # one snapshot row per dimension at the largest beta: the plateaus
-        j = len(config.betas) - 1
-        # ts is log-spaced already: evenly spaced indices are evenly spaced in log-time
-        frames = np.unique(np.linspace(1, len(ts) - 1, 6).round().astype(int))
-        fig = plot.snapshots(
-            ts,
-            np.asarray(group.xs[j]),
-            frames,
-            clusters=labels[g][j],
-            singletons="0.65",
-        )
-        fig.suptitle(f"{names[g * len(config.betas) + j]}: clusters over log-time")
-        fig.savefig(directory / f"snapshots_d{d}.png", dpi=90)
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
+    if animation:
+        render(directory, gif=gif)
+
+
+def _title(config: dict) -> str:
+    return f"metastability, {config['normalization']}, n = {config['n']}, Q = K = V = I"
+
+
+@figures("metastability")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`metrics.png` and one `snapshots_d{d}.png` per dimension, from the run directory."""
     import matplotlib.pyplot as plt
 
-    plt.close("all")
-    if animation:
-        # every beta on the last sphere of dims, side by side
-        g = len(groups) - 1
-        pick = [g * len(config.betas) + i for i in range(len(config.betas))]
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    config, names, ts, series = r["config"], r["names"], r["ts"], r["series"]
+    out = [directory / "metrics.png"]
+    try:
+        shown = {k: series[k] for k in ("clusters", "energy / max", "effective_rank")}
+        axes = plot.run_curves(ts, shown, labels=names, log_time=True)
+        axes[0].figure.suptitle(_title(config))
+        with _replay.writing(out[0]) as tmp:
+            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        for g, d in enumerate(config["dims"]):
+            # one snapshot row per dimension at the largest beta: the plateaus
+            j = len(config["betas"]) - 1
+            # ts is log-spaced already: evenly spaced indices are evenly spaced in log-time
+            frames = np.unique(np.linspace(1, len(ts) - 1, 6).round().astype(int))
+            fig = plot.snapshots(
+                ts, r["xs"][g][j], frames, clusters=r["labels"][g][j], singletons="0.65"
+            )
+            fig.suptitle(f"{names[g * len(config['betas']) + j]}: clusters over log-time")
+            out.append(directory / f"snapshots_d{d}.png")
+            with _replay.writing(out[-1]) as tmp:
+                fig.savefig(tmp, dpi=dpi or 90)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("metastability")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): every beta on the last sphere of `dims`, side by side."""
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    config, names, series = r["config"], r["names"], r["series"]
+    g, k = len(r["xs"]) - 1, len(config["betas"])
+    pick = [g * k + i for i in range(k)]
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
         plot.animate(
-            ts,
-            [np.asarray(groups[g].xs[i]) for i in range(len(config.betas))],
-            directory / ("animation.gif" if gif else "animation.mp4"),
+            r["ts"],
+            list(r["xs"][g]),
+            tmp,
             labels=[names[i] for i in pick],
-            clusters=[labels[g][i] for i in range(len(config.betas))],
+            clusters=list(r["labels"][g]),
             singletons="0.65",
             metrics={
                 "clusters": series["clusters"][pick],
                 "energy / max": series["energy / max"][pick],
             },
-            fps=config.fps,
-            title=title + " (time axis: log-spaced frames)",
+            title=_title(config) + " (time axis: log-spaced frames)",
             time_format=".3g",
+            progress=progress,
+            **options,
         )
+    return [out]

@@ -18,8 +18,9 @@ from particles import regularity as R
 from particles import wasserstein as W
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 
 KINDS = ("noise", "drop", "duplicate", "resampled")
 
@@ -95,8 +96,6 @@ def _inputs(config: Config, key, amounts: dict):
 
 @experiment("misspecified", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     key = jax.random.key(config.seed)
     attention = P.Attention.identity(
         config.d, config.beta, normalization=options.normalization(config.normalization)
@@ -184,46 +183,91 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             },
         },
     )
-    title = (
-        f"{config.normalization} attention on $S^{{{config.d - 1}}}$, n = {config.n}, "
-        f"$\\beta$ = {config.beta:g}"
-    )
-    fig = plot.wasserstein_separation(ts, series, rate=rate, title=title)
-    fig.savefig(directory / "wasserstein_vs_time.png", dpi=120)
-    fig = plot.field_vs_wasserstein(
-        {k: f["w1"] for k, f in field.items()},
-        {k: f["gap"] for k, f in field.items()},
-        slope=lip_mu,
-        title="field gap at t = 0 against $W_1$",
-    )
-    fig.savefig(directory / "field_vs_wasserstein.png", dpi=120)
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
     if animation:
-        import matplotlib.colors as mcolors
+        render(directory, gif=gif)
 
-        name = "animation.gif" if gif else "animation.mp4"
-        # dropped tokens still move with the flow but no longer act: drawn in grey
-        kept = np.asarray(weights[2]) > 0
-        dropped_colors = np.where(
-            kept[:, None], mcolors.to_rgba_array("C0"), mcolors.to_rgba_array("0.75")
+
+def _title(config: dict) -> str:
+    return (
+        f"{config['normalization']} attention on $S^{{{config['d'] - 1}}}$, n = {config['n']}, "
+        f"$\\beta$ = {config['beta']:g}"
+    )
+
+
+@figures("misspecified")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`wasserstein_vs_time.png` and `field_vs_wasserstein.png`, from the run directory."""
+    import matplotlib.pyplot as plt
+
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    m = P.io.read_json(directory / "metrics.json")
+    series = {k: np.asarray(v) for k, v in m["series"].items()}
+    field = m["field"]
+    out = [directory / "wasserstein_vs_time.png", directory / "field_vs_wasserstein.png"]
+    try:
+        fig = plot.wasserstein_separation(
+            np.asarray(m["ts"]), series, rate=m["growth_rate_bound"], title=_title(config)
         )
+        with _replay.writing(out[0]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+        fig = plot.field_vs_wasserstein(
+            {k: np.asarray(f["w1"]) for k, f in field.items()},
+            {k: np.asarray(f["gap"]) for k, f in field.items()},
+            slope=m["measure_lipschitz_bound"],
+            title="field gap at t = 0 against $W_1$",
+        )
+        with _replay.writing(out[1]) as tmp:
+            fig.savefig(tmp, dpi=dpi or 120)
+    finally:
+        plt.close("all")
+    return out
+
+
+@animations("misspecified")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the clean, noisy and dropped clouds side by side."""
+    import matplotlib.colors as mcolors
+
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    m = P.io.read_json(directory / "metrics.json")
+    clean = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
+    noise = P.io.load_trajectory(directory / "trajectory_noise.npz")
+    drop = P.io.load_trajectory(directory / "trajectory_drop.npz")
+    ts = np.asarray(m["ts"])
+    # dropped tokens still move with the flow but no longer act: drawn in grey
+    kept = np.asarray(drop.weights) > 0
+    dropped_colors = np.where(
+        kept[:, None], mcolors.to_rgba_array("C0"), mcolors.to_rgba_array("0.75")
+    )
+    options.setdefault("fps", config["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
         plot.animate(
-            np.asarray(ts),
-            [np.asarray(xs[0]), np.asarray(xs[1]), np.asarray(xs[2])],
-            directory / name,
+            ts,
+            [np.asarray(clean.xs), np.asarray(noise.xs), np.asarray(drop.xs)],
+            tmp,
             labels=[
                 "clean",
-                f"noise $\\sigma$ = {config.noise:g}",
-                f"{config.drop:.0%} dropped (grey)",
+                f"noise $\\sigma$ = {config['noise']:g}",
+                f"{config['drop']:.0%} dropped (grey)",
             ],
             colors=["C0", "C3", dropped_colors],
             metrics={
                 "$W_1$ to the clean flow": np.stack(
-                    [np.zeros(len(ts)), series["W1 noise"], series["W1 drop"]]
+                    [np.zeros(len(ts)), m["series"]["W1 noise"], m["series"]["W1 drop"]]
                 )
             },
-            fps=config.fps,
-            title=title,
+            title=_title(config),
+            progress=progress,
+            **options,
         )
+    return [out]
 
 
 def _gaps(flow, x0, ys, ws):

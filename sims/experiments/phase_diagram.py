@@ -14,8 +14,9 @@ import particles as P
 from particles import metrics, studies
 
 from .. import _options as options
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 from . import _clusterkit
 
 _SHORT = {"softmax": "SA", "unnormalized": "USA"}
@@ -84,11 +85,9 @@ class Config:
 
 @experiment("phase-diagram", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     key = jax.random.key(config.seed)
     ts = jnp.linspace(0.0, config.t1, config.frames)
-    probabilities, steps, numbers, arrays, grids = {}, {}, {}, {}, {}
+    numbers, arrays = {}, {}
     for norm in config.normalizations:
         top = config.beta_max if norm == "softmax" else config.beta_max_usa
         betas = jnp.linspace(config.beta_min, top, config.num_betas)
@@ -109,7 +108,6 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         name = _SHORT[norm]
         p = np.asarray(pd.probability(config.eps))
         s = np.asarray(pd.num_steps)
-        probabilities[name], steps[name], grids[name] = p, s, np.asarray(betas)
         arrays[f"min_inner_{name}"] = np.asarray(pd.min_inner)
         arrays[f"num_steps_{name}"] = s
         numbers[name] = {
@@ -159,25 +157,60 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         phase_diagram=numbers,
     )
 
-    fig = plot.phase_figure(ts, grids, probabilities, steps)
-    # two lines: a single panel (one normalization) is too narrow for one
-    fig.suptitle(
-        f"P(one cluster at t): n = {config.n}, $S^{{{config.d - 1}}}$,\n{config.runs} starts "
-        f"per $\\beta$, eps = {config.eps:g}"
-    )
-    fig.savefig(directory / "phase_diagram.png", dpi=110)
+    # figures and animation from the files just written, as `plot` / `animate` redraw them
+    draw(directory)
+    if animation:
+        render(directory, gif=gif)
+
+
+@figures("phase-diagram")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`phase_diagram.png`: P(one cluster at t) over (t, beta) and the step counts."""
     import matplotlib.pyplot as plt
 
-    plt.close("all")
-    if animation:
-        plot.animate(
-            ts,
-            list(np.asarray(examples.xs)),
-            directory / ("animation.gif" if gif else "animation.mp4"),
-            labels=names,
-            clusters=list(labels),
-            singletons="0.65",
-            metrics={"clusters": series["clusters"]},
-            fps=config.fps,
-            title="one random start of the ensemble at three betas",
+    from particles import plot
+
+    config = P.io.read_json(directory / "config.json")["config"]
+    numbers = P.io.read_json(directory / "metrics.json")["phase_diagram"]
+    saved = P.io.load_arrays(directory / "phase_diagram.npz")
+    names = [_SHORT[norm] for norm in config["normalizations"]]
+    grids = {name: saved[f"betas_{name}"] for name in names}
+    probabilities = {name: np.asarray(numbers[name]["probability"]) for name in names}
+    steps = {name: saved[f"num_steps_{name}"] for name in names}
+    out = directory / "phase_diagram.png"
+    try:
+        fig = plot.phase_figure(saved["ts"], grids, probabilities, steps)
+        # two lines: a single panel (one normalization) is too narrow for one
+        fig.suptitle(
+            f"P(one cluster at t): n = {config['n']}, $S^{{{config['d'] - 1}}}$,\n"
+            f"{config['runs']} starts per $\\beta$, eps = {config['eps']:g}"
         )
+        with _replay.writing(out) as tmp:
+            fig.savefig(tmp, dpi=dpi or 110)
+    finally:
+        plt.close("all")
+    return [out]
+
+
+@animations("phase-diagram")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): one random start of the ensemble at three betas."""
+    from particles import plot
+
+    r = _clusterkit.load(directory)
+    options.setdefault("fps", r["config"]["fps"])
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    with _replay.writing(out) as tmp:
+        plot.animate(
+            r["ts"],
+            list(r["xs"][0]),
+            tmp,
+            labels=r["names"],
+            clusters=list(r["labels"][0]),
+            singletons="0.65",
+            metrics={"clusters": r["series"]["clusters"]},
+            title="one random start of the ensemble at three betas",
+            progress=progress,
+            **options,
+        )
+    return [out]

@@ -12,8 +12,9 @@ import numpy as np
 import particles as P
 from particles import metrics
 
+from .. import _replay
 from .._config import require_at_least, require_positive
-from .._registry import experiment
+from .._registry import animations, experiment, figures
 from . import _clusterkit
 
 
@@ -61,8 +62,6 @@ class Config:
 
 @experiment("polytope", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
-    from particles import plot
-
     key_x, key_q = jax.random.split(jax.random.key(config.seed))
     x0 = P.clouds.ball_uniform(key_x, config.n, 2)
     # Q = K = A: Q^T K = A^T A is positive definite whenever A is invertible
@@ -109,35 +108,89 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         Q_transpose_K=np.asarray(A.T @ A),
     )
     np.savez(directory / "rescaled.npz", zs=np.asarray(zs), ts=np.asarray(ts))
+    # the figures and the animation are drawn from the files just written, exactly as
+    # `python -m sims plot` and `animate` redraw them later
+    draw(directory)
+    if animation:
+        render(directory, gif=gif)
 
+
+def _saved(directory: Path) -> dict:
+    """What the figures need, read back from the run directory (never recomputed)."""
+    config = P.io.read_json(directory / "config.json")["config"]
+    saved = P.io.read_json(directory / "metrics.json")
+    names = saved["runs"]
+    rescaled = P.io.load_arrays(directory / "rescaled.npz")
+    labels = P.io.load_arrays(directory / "arrays.npz")["labels"]
+    distance = np.asarray(
+        [saved["series"][f"rescaled distance to limit [{name}]"] for name in names]
+    )
+    return dict(
+        config=config,
+        names=names,
+        ts=rescaled["ts"],
+        zs=rescaled["zs"],
+        labels=labels,
+        distance=distance,
+        vertices=[saved["limit_points"][name] for name in names],
+        lines=[saved["hyperplanes"][name] for name in names],
+    )
+
+
+@figures("polytope")
+def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
+    """`polytope.png`: each run's rescaled tokens with their limit points, and how fast
+    they settle."""
     import matplotlib.pyplot as plt
 
+    from particles import plot
+
+    r = _saved(directory)
+    names, config = r["names"], r["config"]
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.4), layout="constrained")
     for j, name in enumerate(names):
         plot.polytope(
-            np.asarray(zs[j]),
+            r["zs"][j],
             ax=axes[j],
-            colors=plot.cluster_colors(labels[j][-1]),
+            colors=plot.cluster_colors(r["labels"][j][-1]),
             hull=j == 0,
-            title=f"{name}: {int(vertices[j])} limit points"
-            + ("" if j == 0 else f" on {int(lines[j])} lines"),
+            title=f"{name}: {int(r['vertices'][j])} limit points"
+            + ("" if j == 0 else f" on {int(r['lines'][j])} lines"),
         )
-    axes[2].semilogy(np.asarray(ts), series["rescaled distance to limit"].T, lw=1.5)
+    axes[2].semilogy(r["ts"], r["distance"].T, lw=1.5)
     axes[2].legend(names, fontsize=8)
     axes[2].set_xlabel("time t")
     axes[2].set_title(r"$\max_i |z_i(t) - z_i(t_1)|$")
     axes[2].grid(alpha=0.3)
-    fig.suptitle(rf"rescaled tokens $z = e^{{-tV}} x$, n = {config.n}, $\beta$ = {config.beta:g}")
-    fig.savefig(directory / "polytope.png", dpi=110)
+    fig.suptitle(
+        rf"rescaled tokens $z = e^{{-tV}} x$, n = {config['n']}, $\beta$ = {config['beta']:g}"
+    )
+    out = directory / "polytope.png"
+    with _replay.writing(out) as tmp:
+        fig.savefig(tmp, dpi=dpi or 110)
     plt.close("all")
-    if animation:
+    return [out]
+
+
+@animations("polytope")
+def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
+    """`animation.mp4` (or `.gif`): the rescaled tokens of every run, coloured by their limit
+    vertex."""
+    from particles import plot
+
+    r = _saved(directory)
+    out = directory / ("animation.gif" if gif else "animation.mp4")
+    options.setdefault("fps", r["config"]["fps"])
+    with _replay.writing(out) as tmp:
         plot.animate(
-            ts,
-            [np.asarray(z) for z in zs],
-            directory / ("animation.gif" if gif else "animation.mp4"),
-            labels=names,
-            clusters=list(labels),
-            metrics={"rescaled distance to limit": series["rescaled distance to limit"]},
-            fps=config.fps,
+            r["ts"],
+            list(r["zs"]),
+            tmp,
+            labels=r["names"],
+            clusters=list(r["labels"]),
+            metrics={"rescaled distance to limit": r["distance"]},
             title=r"rescaled tokens $e^{-tV} x_i(t)$, coloured by their limit vertex",
+            progress=progress,
+            **options,
         )
+    return [out]

@@ -37,7 +37,7 @@ class Config:
     frames: int = 151
     """number of saved times (animation frames), evenly spaced in [0, t1]"""
     solver: str = "tsit5"
-    """diffrax solver: euler, heun, midpoint, ralston, bosh3, dopri5, dopri8, tsit5"""
+    """diffrax solver (every name the library offers is listed below)"""
     rtol: float = 1e-5
     """relative tolerance of the adaptive step-size controller"""
     atol: float = 1e-6
