@@ -188,11 +188,12 @@ def test_a_dirac_moves_like_e_to_the_t_forever():
     np.testing.assert_allclose(sol.means, m, rtol=1e-8, atol=0)
 
 
-def test_no_false_blowup_in_float32():
+def test_no_false_blowup_in_float32(float32):
     # the same flow in float32 (default tolerances 1e-6): the false alarm came at t = 4
     ts = jnp.linspace(0.0, 20.0, 7, dtype=jnp.float32)
+    m0 = jnp.asarray(np.asarray(E1), jnp.float32)
     for S0 in (1e-3 * jnp.eye(2, dtype=jnp.float32), jnp.zeros((2, 2), jnp.float32)):
-        sol = mf.gaussian_flow(P.Attention.identity(2, 1.0), E1, S0, ts)
+        sol = mf.gaussian_flow(P.Attention.identity(2, 1.0), m0, S0, ts)
         assert sol.covs.dtype == jnp.float32
         assert not bool(sol.blew_up)
         t = np.asarray(ts, dtype=float)
