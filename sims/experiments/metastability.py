@@ -139,8 +139,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         shown = {k: series[k] for k in ("clusters", "energy / max", "effective_rank")}
         axes = plot.run_curves(ts, shown, labels=names, log_time=True)
         axes[0].figure.suptitle(_title(config))
-        with _replay.writing(out[0]) as tmp:
-            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        _replay.save_figure(axes[0].figure, out[0], dpi or 110)
         for g, d in enumerate(config["dims"]):
             # one snapshot row per dimension at the largest beta: the plateaus
             j = len(config["betas"]) - 1
@@ -151,8 +150,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
             )
             fig.suptitle(f"{names[g * len(config['betas']) + j]}: clusters over log-time")
             out.append(directory / f"snapshots_d{d}.png")
-            with _replay.writing(out[-1]) as tmp:
-                fig.savefig(tmp, dpi=dpi or 90)
+            _replay.save_figure(fig, out[-1], dpi or 90)
     finally:
         plt.close("all")
     return out
@@ -167,23 +165,22 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     config, names, series = r["config"], r["names"], r["series"]
     g, k = len(r["xs"]) - 1, len(config["betas"])
     pick = [g * k + i for i in range(k)]
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            r["ts"],
-            list(r["xs"][g]),
-            tmp,
-            labels=[names[i] for i in pick],
-            clusters=list(r["labels"][g]),
-            singletons="0.65",
-            metrics={
-                "clusters": series["clusters"][pick],
-                "energy / max": series["energy / max"][pick],
-            },
-            title=_title(config) + " (time axis: log-spaced frames)",
-            time_format=".3g",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        list(r["xs"][g]),
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        labels=[names[i] for i in pick],
+        clusters=list(r["labels"][g]),
+        singletons="0.65",
+        metrics={
+            "clusters": series["clusters"][pick],
+            "energy / max": series["energy / max"][pick],
+        },
+        title=_title(config) + " (time axis: log-spaced frames)",
+        time_format=".3g",
+        progress=progress,
+    )

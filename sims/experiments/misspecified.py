@@ -212,16 +212,14 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         fig = plot.wasserstein_separation(
             np.asarray(m["ts"]), series, rate=m["growth_rate_bound"], title=_title(config)
         )
-        with _replay.writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[0], dpi or 120)
         fig = plot.field_vs_wasserstein(
             {k: np.asarray(f["w1"]) for k, f in field.items()},
             {k: np.asarray(f["gap"]) for k, f in field.items()},
             slope=m["measure_lipschitz_bound"],
             title="field gap at t = 0 against $W_1$",
         )
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[1], dpi or 120)
     finally:
         plt.close("all")
     return out
@@ -245,29 +243,28 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     dropped_colors = np.where(
         kept[:, None], mcolors.to_rgba_array("C0"), mcolors.to_rgba_array("0.75")
     )
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            ts,
-            [np.asarray(clean.xs), np.asarray(noise.xs), np.asarray(drop.xs)],
-            tmp,
-            labels=[
-                "clean",
-                f"noise $\\sigma$ = {config['noise']:g}",
-                f"{config['drop']:.0%} dropped (grey)",
-            ],
-            colors=["C0", "C3", dropped_colors],
-            metrics={
-                "$W_1$ to the clean flow": np.stack(
-                    [np.zeros(len(ts)), m["series"]["W1 noise"], m["series"]["W1 drop"]]
-                )
-            },
-            title=_title(config),
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        ts,
+        [np.asarray(clean.xs), np.asarray(noise.xs), np.asarray(drop.xs)],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        labels=[
+            "clean",
+            f"noise $\\sigma$ = {config['noise']:g}",
+            f"{config['drop']:.0%} dropped (grey)",
+        ],
+        colors=["C0", "C3", dropped_colors],
+        metrics={
+            "$W_1$ to the clean flow": np.stack(
+                [np.zeros(len(ts)), m["series"]["W1 noise"], m["series"]["W1 drop"]]
+            )
+        },
+        title=_title(config),
+        progress=progress,
+    )
 
 
 def _gaps(flow, x0, ys, ws):
