@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ class Config:
     """ambient dimension: tokens live on the sphere S^{d-1}"""
     betas: tuple[float, ...] = (1.0, 4.0, 9.0)
     """inverse temperatures, all run from the same start"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 40.0
     """final time of the flow"""

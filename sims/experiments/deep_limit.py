@@ -19,18 +19,8 @@ from .. import _replay
 from .._config import require_at_least, require_positive
 from .._registry import animations, experiment, figures
 
-Variant = Literal[
-    "residual",
-    "post-norm",
-    "projected-post-norm",
-    "pre-norm",
-    "lie-trotter",
-    "strang-euler",
-    "strang",
-    "per-layer",
-    "heun",
-    "rk4",
-]
+# the names of `particles.studies.VARIANTS`, as a type the command line checks against
+Variant = Literal[studies.VARIANTS]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,7 +40,7 @@ class GaussianConfig:
     """attention heads (their affine fields add up)"""
     beta: float = 1.0
     """inverse temperature"""
-    kernel: Literal["dot", "l2"] = "dot"
+    kernel: options.Kernel = "dot"
     """dot-product or L2 attention kernel"""
     mean: float = 0.5
     """initial mean m0 = mean * e_1"""
@@ -330,7 +330,7 @@ class CircleConfig:
     """grid cells of the Eulerian solver"""
     beta: float = 1.0
     """inverse temperature"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     modes: float = 0.6
     """amplitude of the initial density 1 + modes cos(theta) + modes / 2 sin(2 theta)"""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ class Config:
     """ambient dimensions: 2 is the circle S^1, 3 the sphere S^2"""
     betas: tuple[float, ...] = (9.0, 36.0)
     """inverse temperatures (large: metastable)"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 3000.0
     """final time of the flow (the horizon is long: saved times are spaced in log-time)"""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -38,7 +37,7 @@ class Config:
     """ambient dimension: tokens live on the sphere S^{d-1}"""
     beta: float = 1.0
     """inverse temperature of the kernel exp(beta <x, y>)"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 10.0
     """final time of the flow"""

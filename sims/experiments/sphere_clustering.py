@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,7 @@ class Config:
     """ambient dimension: tokens live on the sphere S^{d-1} in R^d"""
     beta: float = 9.0
     """inverse temperature of the attention kernel exp(beta <x, y>)"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 30.0
     """final time of the flow"""
