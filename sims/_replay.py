@@ -206,6 +206,16 @@ def writing(path: Path):
     return _files.atomic_path(path)
 
 
+def draw_run(directory: Path, figures, animations, *, animation: bool, gif: bool) -> None:
+    """At the end of a run: its `figures(directory)`, then with `animation` its
+    `animations(directory, gif=gif)` (the functions it registered with `sims.figures` and
+    `sims.animations`), drawn from the files just written, exactly as `python -m sims plot`
+    and `animate` redraw them later."""
+    figures(directory)
+    if animation:
+        animations(directory, gif=gif)
+
+
 def save_figure(fig, path: Path, dpi: int) -> None:
     """Write the matplotlib figure `fig` to `path` (through `writing`, atomically)."""
     with writing(path) as tmp:

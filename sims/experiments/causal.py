@@ -93,10 +93,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         final_cosines_with_token_0=dict(zip(names, final_cos.tolist(), strict=True)),
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:

@@ -110,10 +110,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         time_to_one_cluster=dict(zip(names, t_one.tolist(), strict=True)),
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:

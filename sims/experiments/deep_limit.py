@@ -224,10 +224,7 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
         },
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:

@@ -235,10 +235,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             directory,
             arrays={"clouds": np.asarray(last.clouds), "history": np.asarray(last.history)},
         )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation and last is not None:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation and last is not None, gif=gif)
 
 
 @figures("lipschitz")

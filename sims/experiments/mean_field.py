@@ -239,10 +239,7 @@ def run_gaussian(
             "blowup_time": float(solution.blowup_time),
         },
     )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw_gaussian(directory)
-    if animation:
-        render_gaussian(directory, gif=gif)
+    _replay.draw_run(directory, draw_gaussian, render_gaussian, animation=animation, gif=gif)
 
 
 def _floats(values) -> np.ndarray:
@@ -442,10 +439,7 @@ def run_circle(
         directory,
         arrays={"ts": ts, "theta": theta, "densities": eulerian.densities, "angles": angles},
     )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw_circle(directory)
-    if animation:
-        render_circle(directory, gif=gif)
+    _replay.draw_run(directory, draw_circle, render_circle, animation=animation, gif=gif)
 
 
 @figures("mean-field-circle")

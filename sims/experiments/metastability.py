@@ -114,10 +114,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         steps_per_unit_time=dict(zip(names, (steps / config.t1).tolist(), strict=True)),
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:

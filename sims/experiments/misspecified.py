@@ -18,7 +18,7 @@ from particles import wasserstein as W
 
 from .. import _options as options
 from .. import _replay
-from .._config import require_at_least, require_positive
+from .._config import require_at_least, require_one_of, require_positive
 from .._registry import animations, experiment, figures
 
 KINDS = ("noise", "drop", "duplicate", "resampled")
@@ -71,10 +71,7 @@ class Config:
             raise ValueError(f"drop must be < 1 (a token must stay); got {self.drop}")
         if not self.duplicate <= 1:
             raise ValueError(f"duplicate must be <= 1; got {self.duplicate}")
-        if self.solver not in options.SOLVERS:
-            raise ValueError(
-                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
-            )
+        require_one_of(self, "solver", options.SOLVERS)
 
 
 def _inputs(config: Config, key, amounts: dict):
@@ -182,10 +179,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             },
         },
     )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:

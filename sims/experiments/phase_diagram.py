@@ -157,10 +157,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         phase_diagram=numbers,
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 @figures("phase-diagram")

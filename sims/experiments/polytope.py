@@ -108,11 +108,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         Q_transpose_K=np.asarray(A.T @ A),
     )
     np.savez(directory / "rescaled.npz", zs=np.asarray(zs), ts=np.asarray(ts))
-    # the figures and the animation are drawn from the files just written, exactly as
-    # `python -m sims plot` and `animate` redraw them later
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _saved(directory: Path) -> dict:

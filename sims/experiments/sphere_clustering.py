@@ -14,7 +14,7 @@ from particles import metrics
 
 from .. import _options as options
 from .. import _replay
-from .._config import require_at_least, require_positive
+from .._config import require_at_least, require_one_of, require_positive
 from .._registry import experiment
 
 
@@ -52,10 +52,7 @@ class Config:
         require_positive(self, "n", "beta", "t1", "rtol", "atol", "cluster_tol", "fps")
         require_at_least(self, "d", 2)
         require_at_least(self, "frames", 2)
-        if self.solver not in options.SOLVERS:
-            raise ValueError(
-                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
-            )
+        require_one_of(self, "solver", options.SOLVERS)
 
 
 @experiment("sphere-clustering", Config)
