@@ -14,3 +14,9 @@ def require_at_least(config, name: str, low) -> None:
     value = getattr(config, name)
     if value < low:
         raise ValueError(f"{name} must be >= {low}; got {value}")
+
+
+def require_one_of(config, name: str, choices) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")

@@ -8,6 +8,7 @@ shows and the objects the library receives cannot drift apart.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import diffrax
 
@@ -22,6 +23,10 @@ NORMALIZATIONS: dict[str, Callable[[], P.AbstractNormalization]] = {
     "unnormalized": P.Unnormalized,
     "sinkhorn": P.Sinkhorn,
 }
+# the types of config fields that name a kernel, or one of the two normalizations the
+# sphere experiments compare (SA and USA): the command line checks the names against them
+Kernel = Literal[tuple(KERNELS)]
+Normalization = Literal["softmax", "unnormalized"]
 SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "euler": diffrax.Euler,
     "heun": diffrax.Heun,

@@ -190,13 +190,11 @@ def draw_figures(
     import matplotlib.pyplot as plt
 
     try:
-        with writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+        save_figure(fig, out[0], dpi)
         fig = plot.final_state(
             run.ts, run.xs, clusters=clusters, singletons="0.65", title=run.title, dpi=dpi
         )
-        with writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi)
+        save_figure(fig, out[1], dpi)
     finally:
         plt.close("all")
     return out
@@ -206,6 +204,39 @@ def writing(path: Path):
     """A temporary path to write `path` through, atomically; a failed write (read-only
     directory, full disk) raises `OSError` naming `path`, which is left as it was."""
     return _files.atomic_path(path)
+
+
+def draw_run(directory: Path, figures, animations, *, animation: bool, gif: bool) -> None:
+    """At the end of a run: its `figures(directory)`, then with `animation` its
+    `animations(directory, gif=gif)` (the functions it registered with `sims.figures` and
+    `sims.animations`), drawn from the files just written, exactly as `python -m sims plot`
+    and `animate` redraw them later."""
+    figures(directory)
+    if animation:
+        animations(directory, gif=gif)
+
+
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Write the matplotlib figure `fig` to `path` (through `writing`, atomically)."""
+    with writing(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+
+
+def animation_path(directory: Path, gif: bool) -> Path:
+    """Where a run's animation goes: `animation.gif` with `gif`, else `animation.mp4`."""
+    return directory / ("animation.gif" if gif else "animation.mp4")
+
+
+def write_animation(
+    directory: Path, animate, *args, gif: bool, fps: float, options: dict, **kwargs
+) -> list[Path]:
+    """Write `animate(*args, tmp, **kwargs, **options)` (a `particles.plot` animation
+    function) to the run's animation file atomically, at the run's `fps` unless `options`
+    (the user's animation options) give one; returns `[the path]`."""
+    out = animation_path(directory, gif)
+    with writing(out) as tmp:
+        animate(*args, tmp, **kwargs, **{"fps": fps, **options})
+    return [out]
 
 
 def _pick(run: SavedRun, names: list[str] | None) -> dict[str, np.ndarray]:
@@ -232,7 +263,7 @@ def draw_animation(
 ) -> Path:
     """Write the animation of a saved run (`animation.mp4`, or `.gif`), options as in
     `particles.plot.animate`."""
-    out = Path(out or run.directory / ("animation.gif" if gif else "animation.mp4"))
+    out = Path(out or animation_path(run.directory, gif))
     with writing(out) as tmp:
         _animate(run, tmp, series, cluster_tol, progress, options)
     return out

@@ -279,18 +279,20 @@ def _animation(
     path,
     *,
     fps: float,
-    duration: float | None,
-    frames: Sequence[int] | None,
-    dpi: int,
-    size,
-    resolution,
-    crf: int,
-    embed: str,
-    progress: bool,
+    duration: float | None = None,
+    frames: Sequence[int] | None = None,
+    dpi: int = 100,
+    size: tuple[float, float] | None = None,
+    resolution: tuple[int, int] | None = None,
+    crf: int = 20,
+    embed: str = "auto",
+    progress: bool = True,
     **options,
 ):
     """The pipeline behind every animation: check the options, build the scene in a
-    `Renderer`, stream its frames to `write` (a file) or to an `InlineAnimation`."""
+    `Renderer`, stream its frames to `write` (a file) or to an `InlineAnimation`. The
+    writer's defaults here are those of `animate`, `gaussian_animation` and
+    `circle_animation`."""
     ts = np.asarray(ts, dtype=float)
     indices = list(range(len(ts))) if frames is None else [range(len(ts))[i] for i in frames]
     _check_options(fps, duration, dpi, resolution, crf, len(indices))

@@ -4,7 +4,7 @@ densities on the circle. The animations are scenes of the one pipeline of
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
@@ -255,15 +255,7 @@ def gaussian_animation(
     *,
     radii=(1.0, 2.0, 3.0),
     fps: float = 15,
-    duration: float | None = None,
-    frames: Sequence[int] | None = None,
-    dpi: int = 100,
-    size: tuple[float, float] | None = None,
-    resolution: tuple[int, int] | None = None,
     title: str = "",
-    crf: int = 20,
-    embed: str = "auto",
-    progress: bool = True,
     **options,
 ):
     r"""Animate a 2-d particle trajectory `xs (T, n, 2)` over the level ellipses
@@ -271,9 +263,11 @@ def gaussian_animation(
     (`means (T, 2)`, `covs (T, 2, 2)`), one ellipse per radius in `radii`.
 
     Rendered by the pipeline of `animate` (a `GaussianScene`), with the same options:
-    `path` `.mp4` or `.gif` (written atomically), or `None` for an inline animation;
-    further `options` (`colors`, `clusters`, `point_size`, `time_label`, ...) go to the
-    scene. Returns the path written, or an `InlineAnimation`.
+    `path` `.mp4` or `.gif` (written atomically), or `None` for an inline animation; the
+    writer's `options` (`duration`, `frames`, `dpi`, `size`, `resolution`, `crf`, `embed`,
+    `progress`) have `animate`'s defaults, further `options` (`colors`, `clusters`,
+    `point_size`, `time_label`, ...) go to the scene. Returns the path written, or an
+    `InlineAnimation`.
     """
     return _animation(
         GaussianScene,
@@ -281,14 +275,6 @@ def gaussian_animation(
         xs,
         path,
         fps=fps,
-        duration=duration,
-        frames=frames,
-        dpi=dpi,
-        size=size,
-        resolution=resolution,
-        crf=crf,
-        embed=embed,
-        progress=progress,
         means=means,
         covs=covs,
         radii=radii,
@@ -306,23 +292,17 @@ def circle_animation(
     *,
     bins: int = 64,
     fps: float = 15,
-    duration: float | None = None,
-    frames: Sequence[int] | None = None,
-    dpi: int = 100,
-    size: tuple[float, float] | None = None,
-    resolution: tuple[int, int] | None = None,
     title: str = "",
-    crf: int = 20,
-    embed: str = "auto",
-    progress: bool = True,
     **options,
 ):
     """Animate particles on the circle (angles `(T, n)`, as a normalised histogram) over the
     Eulerian density `densities (T, N)` on the cell centres `theta`.
 
     Rendered by the pipeline of `animate` (a `CircleScene`), with the same options: `path`
-    `.mp4` or `.gif` (written atomically), or `None` for an inline animation. Returns the
-    path written, or an `InlineAnimation`.
+    `.mp4` or `.gif` (written atomically), or `None` for an inline animation; the writer's
+    `options` (`duration`, `frames`, `dpi`, `size`, `resolution`, `crf`, `embed`,
+    `progress`) have `animate`'s defaults. Returns the path written, or an
+    `InlineAnimation`.
     """
     return _animation(
         CircleScene,
@@ -330,14 +310,6 @@ def circle_animation(
         angles,
         path,
         fps=fps,
-        duration=duration,
-        frames=frames,
-        dpi=dpi,
-        size=size,
-        resolution=resolution,
-        crf=crf,
-        embed=embed,
-        progress=progress,
         theta=theta,
         densities=densities,
         bins=bins,

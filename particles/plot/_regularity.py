@@ -25,8 +25,10 @@ def _bound_style(k: int) -> dict:
     return {"c": "0.3", "ls": _DASHES[k % len(_DASHES)], "lw": 1.3}
 
 
-def _finish_loglog(ax, xlabel: str, ylabel: str, title: str) -> None:
-    ax.set_xscale("log")
+def _finish_log(ax, xlabel: str, ylabel: str, title: str, *, logx: bool = True) -> None:
+    """Log axes (the x axis too with `logx`), labels, grid, legend and title."""
+    if logx:
+        ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -85,7 +87,7 @@ def lipschitz_vs_n(
             fontsize=7.5,
             transform=ax.get_xaxis_transform(),
         )
-    _finish_loglog(ax, "number of tokens n", r"local Lipschitz constant $\|DF(X)\|_2$", title)
+    _finish_log(ax, "number of tokens n", r"local Lipschitz constant $\|DF(X)\|_2$", title)
     return fig
 
 
@@ -106,7 +108,7 @@ def lipschitz_vs_radius(
     for k, (name, values) in enumerate((bounds or {}).items()):
         values = np.broadcast_to(np.asarray(values, float), radii.shape)
         ax.plot(radii, values, label=name, **_bound_style(k))
-    _finish_loglog(ax, "radius R of the ball", "Lipschitz constant", title)
+    _finish_log(ax, "radius R of the ball", "Lipschitz constant", title)
     return fig
 
 
@@ -135,13 +137,7 @@ def wasserstein_separation(
     values = values[values > 0]
     if values.size:
         ax.set_ylim(0.5 * values.min(), 20 * values.max())
-    ax.set_yscale("log")
-    ax.set_xlabel("time t")
-    ax.set_ylabel(r"$W_1(\mu_t, \nu_t)$")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5)
-    if title:
-        ax.set_title(title)
+    _finish_log(ax, "time t", r"$W_1(\mu_t, \nu_t)$", title, logx=False)
     return fig
 
 
@@ -171,12 +167,5 @@ def field_vs_wasserstein(
             label=rf"bound $L_\mu W_1$, $L_\mu$ = {slope:.3g}",
             **_BOUND_STYLE,
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(r"$W_1(\mu, \nu)$")
-    ax.set_ylabel(r"$\sup_z |v[\mu](z) - v[\nu](z)|$")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7.5)
-    if title:
-        ax.set_title(title)
+    _finish_log(ax, r"$W_1(\mu, \nu)$", r"$\sup_z |v[\mu](z) - v[\nu](z)|$", title)
     return fig

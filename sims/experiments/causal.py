@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ class Config:
     """ambient dimension: tokens live on the sphere S^{d-1}"""
     betas: tuple[float, ...] = (1.0, 4.0, 9.0)
     """inverse temperatures, all run from the same start"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 40.0
     """final time of the flow"""
@@ -94,10 +93,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         final_cosines_with_token_0=dict(zip(names, final_cos.tolist(), strict=True)),
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:
@@ -135,11 +131,9 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         shown = {k: series[k] for k in ("alignment with token 0", "clusters", "effective_rank")}
         axes = plot.run_curves(ts, shown, labels=names)
         axes[0].figure.suptitle(title)
-        with _replay.writing(out[0]) as tmp:
-            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        _replay.save_figure(axes[0].figure, out[0], dpi or 110)
         fig = plot.final_state(ts, list(xs), colors=_colors(labels), labels=names, title=title)
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 100)
+        _replay.save_figure(fig, out[1], dpi or 100)
         fig, ax = plt.subplots(figsize=(4.6, 3.4), layout="constrained")
         ax.plot(np.arange(xs.shape[2]), final_cos.T, marker="o", ms=3, lw=1)
         ax.set_xlabel("token index i")
@@ -147,8 +141,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         ax.legend(names, fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_title("final alignment with the first token")
-        with _replay.writing(out[2]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 110)
+        _replay.save_figure(fig, out[2], dpi or 110)
     finally:
         plt.close("all")
     return out
@@ -160,18 +153,17 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     from particles import plot
 
     r = _clusterkit.load(directory)
-    options.setdefault("fps", r["config"]["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            r["ts"],
-            list(r["xs"][0]),
-            tmp,
-            labels=r["names"],
-            colors=_colors(r["labels"][0]),
-            metrics={"alignment with token 0": r["series"]["alignment with token 0"]},
-            title=_title(r["config"]),
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        list(r["xs"][0]),
+        gif=gif,
+        fps=r["config"]["fps"],
+        options=options,
+        labels=r["names"],
+        colors=_colors(r["labels"][0]),
+        metrics={"alignment with token 0": r["series"]["alignment with token 0"]},
+        title=_title(r["config"]),
+        progress=progress,
+    )

@@ -110,10 +110,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         time_to_one_cluster=dict(zip(names, t_one.tolist(), strict=True)),
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:
@@ -138,19 +135,16 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         shown = ["clusters", "effective_rank", "energy", "diameter"]
         axes = plot.run_curves(ts, {k: series[k] for k in shown}, labels=names, logy=("diameter",))
         axes[0].figure.suptitle(title)
-        with _replay.writing(out[0]) as tmp:
-            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        _replay.save_figure(axes[0].figure, out[0], dpi or 110)
         fig = plot.final_state(
             ts, list(xs), clusters=list(labels), singletons="0.65", labels=names, title=title
         )
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 90)
+        _replay.save_figure(fig, out[1], dpi or 90)
         # the slowest of the SA runs, on its way
         slow = len(config["betas"]) - 1
         fig = plot.snapshots(ts, xs[slow], clusters=labels[slow], singletons="0.65")
         fig.suptitle(f"{names[slow]}: snapshots coloured by tracked cluster")
-        with _replay.writing(out[2]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 90)
+        _replay.save_figure(fig, out[2], dpi or 90)
     finally:
         plt.close("all")
     return out
@@ -166,22 +160,21 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     config, names, xs, labels = r["config"], r["names"], r["xs"][0], r["labels"][0]
     k = len(config["betas"])
     pick = [k // 2, k + k // 2] + ([2 * k] if config["random_qkv"] else [])
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            r["ts"],
-            [xs[j] for j in pick],
-            tmp,
-            labels=[names[j] for j in pick],
-            clusters=[labels[j] for j in pick],
-            singletons="0.65",
-            metrics={
-                "clusters": r["series"]["clusters"][pick],
-                "effective rank": r["series"]["effective_rank"][pick],
-            },
-            title=_title(config),
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        [xs[j] for j in pick],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        labels=[names[j] for j in pick],
+        clusters=[labels[j] for j in pick],
+        singletons="0.65",
+        metrics={
+            "clusters": r["series"]["clusters"][pick],
+            "effective rank": r["series"]["effective_rank"][pick],
+        },
+        title=_title(config),
+        progress=progress,
+    )

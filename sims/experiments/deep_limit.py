@@ -19,18 +19,8 @@ from .. import _replay
 from .._config import require_at_least, require_positive
 from .._registry import animations, experiment, figures
 
-Variant = Literal[
-    "residual",
-    "post-norm",
-    "projected-post-norm",
-    "pre-norm",
-    "lie-trotter",
-    "strang-euler",
-    "strang",
-    "per-layer",
-    "heun",
-    "rk4",
-]
+# the names of `particles.studies.VARIANTS`, as a type the command line checks against
+Variant = Literal[studies.VARIANTS]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,10 +224,7 @@ def _run(config: Config, directory: Path, *, gif: bool, animation: bool) -> None
         },
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:
@@ -268,8 +255,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
             floor=m["fit_floor"],
             title=f"residual attention networks against their flows\n{title}",
         )
-        with _replay.writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[0], dpi or 120)
         collapse = m["collapse"]
         fig = plot.depth_error_figure(
             np.asarray(m["depth_profile"]["ts"]),
@@ -282,8 +268,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
             collapse_label=collapse["variant"],
             title=title,
         )
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[1], dpi or 120)
     finally:
         plt.close("all")
     return out
@@ -298,22 +283,21 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     m = P.io.read_json(directory / "metrics.json")
     layers = P.io.load_trajectory(directory / "network.npz")
     limit = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            np.asarray(m["ts"]),
-            [np.asarray(layers.xs), np.asarray(limit.xs)],
-            tmp,
-            labels=[f"{config['animated']} network, {config['shallow_depth']} layers", "its flow"],
-            metrics={"max distance, network to flow": np.asarray(m["series"]["network_error"])},
-            # one colour per token, the same in both panels: token i of the network is
-            # token i of the flow
-            colors=np.linspace(0.0, 1.0, config["n"]),
-            cmap="viridis",
-            title=_title(config),
-            time_label="t = l h",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        np.asarray(m["ts"]),
+        [np.asarray(layers.xs), np.asarray(limit.xs)],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        labels=[f"{config['animated']} network, {config['shallow_depth']} layers", "its flow"],
+        metrics={"max distance, network to flow": np.asarray(m["series"]["network_error"])},
+        # one colour per token, the same in both panels: token i of the network is
+        # token i of the flow
+        colors=np.linspace(0.0, 1.0, config["n"]),
+        cmap="viridis",
+        title=_title(config),
+        time_label="t = l h",
+        progress=progress,
+    )

@@ -235,10 +235,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             directory,
             arrays={"clouds": np.asarray(last.clouds), "history": np.asarray(last.history)},
         )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation and last is not None:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation and last is not None, gif=gif)
 
 
 @figures("lipschitz")
@@ -290,8 +287,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
             f"(tied, R = {radius:g})",
         )
         fig.suptitle(f"local Lipschitz constant of self-attention, Q = K = V = I, d = {d}")
-        with _replay.writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[0], dpi or 120)
         if config["radius_points"]:
             r = m["radius"]
             fig = plot.lipschitz_vs_radius(
@@ -301,8 +297,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
                 title=f"n = {r['n']}: dot-product attention is not globally Lipschitz",
             )
             out.append(directory / "lipschitz_vs_radius.png")
-            with _replay.writing(out[-1]) as tmp:
-                fig.savefig(tmp, dpi=dpi or 120)
+            _replay.save_figure(fig, out[-1], dpi or 120)
     finally:
         plt.close("all")
     return out
@@ -317,22 +312,21 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     search_ns = P.io.read_json(directory / "metrics.json")["search"]["ns"]
     arrays = P.io.load_arrays(directory / "arrays.npz")
     steps = np.arange(config["search_steps"])
-    options.setdefault("fps", config["fps"])
     options.setdefault("frames", steps[:: max(1, config["search_steps"] // 50)])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            steps,
-            arrays["clouds"],
-            tmp,
-            metrics={"Lipschitz constant": arrays["history"]},
-            title="gradient ascent on the Lipschitz constant, "
-            f"n = {int(search_ns[-1])}, R = {config['radius']:g}",
-            time_label="step",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        steps,
+        arrays["clouds"],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        metrics={"Lipschitz constant": arrays["history"]},
+        title="gradient ascent on the Lipschitz constant, "
+        f"n = {int(search_ns[-1])}, R = {config['radius']:g}",
+        time_label="step",
+        progress=progress,
+    )
 
 
 def _radius_sweep(config: Config, dot, l2, radii, key):

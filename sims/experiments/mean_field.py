@@ -40,7 +40,7 @@ class GaussianConfig:
     """attention heads (their affine fields add up)"""
     beta: float = 1.0
     """inverse temperature"""
-    kernel: Literal["dot", "l2"] = "dot"
+    kernel: options.Kernel = "dot"
     """dot-product or L2 attention kernel"""
     mean: float = 0.5
     """initial mean m0 = mean * e_1"""
@@ -239,10 +239,7 @@ def run_gaussian(
             "blowup_time": float(solution.blowup_time),
         },
     )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw_gaussian(directory)
-    if animation:
-        render_gaussian(directory, gif=gif)
+    _replay.draw_run(directory, draw_gaussian, render_gaussian, animation=animation, gif=gif)
 
 
 def _floats(values) -> np.ndarray:
@@ -269,8 +266,7 @@ def draw_gaussian(directory: Path, *, dpi: int | None = None) -> list[Path]:
             ylabel=f"RMS error at t = {config['t1']:g}",
             title=f"propagation of chaos ({kernel}, d = {config['d']}, {config['seeds']} seeds)",
         )
-        with _replay.writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[0], dpi or 120)
         fig = plot.stability_figure(
             _floats(stab["ts"]),
             _floats(stab["ratio"]),
@@ -280,8 +276,7 @@ def draw_gaussian(directory: Path, *, dpi: int | None = None) -> list[Path]:
         fig.axes[0].set_title(
             f"two clouds at distance {config['delta']:g}, n = {config['stability_n']}"
         )
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[1], dpi or 120)
         fig = plot.sample_convergence_figure(
             causal["ns"],
             {"causal error": _floats(causal["errors"])},
@@ -291,8 +286,7 @@ def draw_gaussian(directory: Path, *, dpi: int | None = None) -> list[Path]:
             ylabel=f"RMS error at t = {config['t1']:g}",
             title="causal attention: n tokens vs the limit profile",
         )
-        with _replay.writing(out[2]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[2], dpi or 120)
     finally:
         plt.close("all")
     return out
@@ -309,20 +303,19 @@ def render_gaussian(
     series = P.io.read_json(directory / "metrics.json")["series"]
     trajectory = P.io.load_trajectory(directory / P.io.TRAJECTORY_FILE)
     means, covs = _floats(series["closed_form_mean"]), _floats(series["closed_form_cov"])
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.gaussian_animation(
-            np.asarray(trajectory.ts),
-            np.asarray(trajectory.xs)[..., :2],
-            means[:, :2],
-            covs[:, :2, :2],
-            tmp,
-            title=f"n = {config['animation_n']} particles over the mean-field Gaussian",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.gaussian_animation,
+        np.asarray(trajectory.ts),
+        np.asarray(trajectory.xs)[..., :2],
+        means[:, :2],
+        covs[:, :2, :2],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        title=f"n = {config['animation_n']} particles over the mean-field Gaussian",
+        progress=progress,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +327,7 @@ class CircleConfig:
     """grid cells of the Eulerian solver"""
     beta: float = 1.0
     """inverse temperature"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     modes: float = 0.6
     """amplitude of the initial density 1 + modes cos(theta) + modes / 2 sin(2 theta)"""
@@ -446,10 +439,7 @@ def run_circle(
         directory,
         arrays={"ts": ts, "theta": theta, "densities": eulerian.densities, "angles": angles},
     )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw_circle(directory)
-    if animation:
-        render_circle(directory, gif=gif)
+    _replay.draw_run(directory, draw_circle, render_circle, animation=animation, gif=gif)
 
 
 @figures("mean-field-circle")
@@ -472,13 +462,11 @@ def draw_circle(directory: Path, *, dpi: int | None = None) -> list[Path]:
             title=f"circle, {config['normalization']}, beta = {config['beta']:g}: "
             "particles vs Eulerian",
         )
-        with _replay.writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[0], dpi or 120)
         fig = plot.density_snapshots(
             arrays["ts"], arrays["theta"], arrays["densities"], arrays["angles"]
         )
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[1], dpi or 120)
     finally:
         plt.close("all")
     return out
@@ -493,17 +481,16 @@ def render_circle(
 
     config = P.io.read_json(directory / "config.json")["config"]
     arrays = P.io.load_arrays(directory / "arrays.npz")
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.circle_animation(
-            arrays["ts"],
-            arrays["angles"],
-            arrays["theta"],
-            arrays["densities"],
-            tmp,
-            title=f"n = {config['n']} particles over the Eulerian density ({config['cells']} cells)",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.circle_animation,
+        arrays["ts"],
+        arrays["angles"],
+        arrays["theta"],
+        arrays["densities"],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        title=f"n = {config['n']} particles over the Eulerian density ({config['cells']} cells)",
+        progress=progress,
+    )

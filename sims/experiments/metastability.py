@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +32,7 @@ class Config:
     """ambient dimensions: 2 is the circle S^1, 3 the sphere S^2"""
     betas: tuple[float, ...] = (9.0, 36.0)
     """inverse temperatures (large: metastable)"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 3000.0
     """final time of the flow (the horizon is long: saved times are spaced in log-time)"""
@@ -115,10 +114,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         steps_per_unit_time=dict(zip(names, (steps / config.t1).tolist(), strict=True)),
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:
@@ -139,8 +135,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         shown = {k: series[k] for k in ("clusters", "energy / max", "effective_rank")}
         axes = plot.run_curves(ts, shown, labels=names, log_time=True)
         axes[0].figure.suptitle(_title(config))
-        with _replay.writing(out[0]) as tmp:
-            axes[0].figure.savefig(tmp, dpi=dpi or 110)
+        _replay.save_figure(axes[0].figure, out[0], dpi or 110)
         for g, d in enumerate(config["dims"]):
             # one snapshot row per dimension at the largest beta: the plateaus
             j = len(config["betas"]) - 1
@@ -151,8 +146,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
             )
             fig.suptitle(f"{names[g * len(config['betas']) + j]}: clusters over log-time")
             out.append(directory / f"snapshots_d{d}.png")
-            with _replay.writing(out[-1]) as tmp:
-                fig.savefig(tmp, dpi=dpi or 90)
+            _replay.save_figure(fig, out[-1], dpi or 90)
     finally:
         plt.close("all")
     return out
@@ -167,23 +161,22 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     config, names, series = r["config"], r["names"], r["series"]
     g, k = len(r["xs"]) - 1, len(config["betas"])
     pick = [g * k + i for i in range(k)]
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            r["ts"],
-            list(r["xs"][g]),
-            tmp,
-            labels=[names[i] for i in pick],
-            clusters=list(r["labels"][g]),
-            singletons="0.65",
-            metrics={
-                "clusters": series["clusters"][pick],
-                "energy / max": series["energy / max"][pick],
-            },
-            title=_title(config) + " (time axis: log-spaced frames)",
-            time_format=".3g",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        list(r["xs"][g]),
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        labels=[names[i] for i in pick],
+        clusters=list(r["labels"][g]),
+        singletons="0.65",
+        metrics={
+            "clusters": series["clusters"][pick],
+            "energy / max": series["energy / max"][pick],
+        },
+        title=_title(config) + " (time axis: log-spaced frames)",
+        time_format=".3g",
+        progress=progress,
+    )

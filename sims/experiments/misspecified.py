@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -19,7 +18,7 @@ from particles import wasserstein as W
 
 from .. import _options as options
 from .. import _replay
-from .._config import require_at_least, require_positive
+from .._config import require_at_least, require_one_of, require_positive
 from .._registry import animations, experiment, figures
 
 KINDS = ("noise", "drop", "duplicate", "resampled")
@@ -38,7 +37,7 @@ class Config:
     """ambient dimension: tokens live on the sphere S^{d-1}"""
     beta: float = 1.0
     """inverse temperature of the kernel exp(beta <x, y>)"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 10.0
     """final time of the flow"""
@@ -72,10 +71,7 @@ class Config:
             raise ValueError(f"drop must be < 1 (a token must stay); got {self.drop}")
         if not self.duplicate <= 1:
             raise ValueError(f"duplicate must be <= 1; got {self.duplicate}")
-        if self.solver not in options.SOLVERS:
-            raise ValueError(
-                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
-            )
+        require_one_of(self, "solver", options.SOLVERS)
 
 
 def _inputs(config: Config, key, amounts: dict):
@@ -183,10 +179,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
             },
         },
     )
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _title(config: dict) -> str:
@@ -212,16 +205,14 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         fig = plot.wasserstein_separation(
             np.asarray(m["ts"]), series, rate=m["growth_rate_bound"], title=_title(config)
         )
-        with _replay.writing(out[0]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[0], dpi or 120)
         fig = plot.field_vs_wasserstein(
             {k: np.asarray(f["w1"]) for k, f in field.items()},
             {k: np.asarray(f["gap"]) for k, f in field.items()},
             slope=m["measure_lipschitz_bound"],
             title="field gap at t = 0 against $W_1$",
         )
-        with _replay.writing(out[1]) as tmp:
-            fig.savefig(tmp, dpi=dpi or 120)
+        _replay.save_figure(fig, out[1], dpi or 120)
     finally:
         plt.close("all")
     return out
@@ -245,29 +236,28 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     dropped_colors = np.where(
         kept[:, None], mcolors.to_rgba_array("C0"), mcolors.to_rgba_array("0.75")
     )
-    options.setdefault("fps", config["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            ts,
-            [np.asarray(clean.xs), np.asarray(noise.xs), np.asarray(drop.xs)],
-            tmp,
-            labels=[
-                "clean",
-                f"noise $\\sigma$ = {config['noise']:g}",
-                f"{config['drop']:.0%} dropped (grey)",
-            ],
-            colors=["C0", "C3", dropped_colors],
-            metrics={
-                "$W_1$ to the clean flow": np.stack(
-                    [np.zeros(len(ts)), m["series"]["W1 noise"], m["series"]["W1 drop"]]
-                )
-            },
-            title=_title(config),
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        ts,
+        [np.asarray(clean.xs), np.asarray(noise.xs), np.asarray(drop.xs)],
+        gif=gif,
+        fps=config["fps"],
+        options=options,
+        labels=[
+            "clean",
+            f"noise $\\sigma$ = {config['noise']:g}",
+            f"{config['drop']:.0%} dropped (grey)",
+        ],
+        colors=["C0", "C3", dropped_colors],
+        metrics={
+            "$W_1$ to the clean flow": np.stack(
+                [np.zeros(len(ts)), m["series"]["W1 noise"], m["series"]["W1 drop"]]
+            )
+        },
+        title=_title(config),
+        progress=progress,
+    )
 
 
 def _gaps(flow, x0, ys, ws):

@@ -157,10 +157,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         phase_diagram=numbers,
     )
 
-    # figures and animation from the files just written, as `plot` / `animate` redraw them
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 @figures("phase-diagram")
@@ -185,8 +182,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
             f"P(one cluster at t): n = {config['n']}, $S^{{{config['d'] - 1}}}$,\n"
             f"{config['runs']} starts per $\\beta$, eps = {config['eps']:g}"
         )
-        with _replay.writing(out) as tmp:
-            fig.savefig(tmp, dpi=dpi or 110)
+        _replay.save_figure(fig, out, dpi or 110)
     finally:
         plt.close("all")
     return [out]
@@ -198,19 +194,18 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     from particles import plot
 
     r = _clusterkit.load(directory)
-    options.setdefault("fps", r["config"]["fps"])
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            r["ts"],
-            list(r["xs"][0]),
-            tmp,
-            labels=r["names"],
-            clusters=list(r["labels"][0]),
-            singletons="0.65",
-            metrics={"clusters": r["series"]["clusters"]},
-            title="one random start of the ensemble at three betas",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        list(r["xs"][0]),
+        gif=gif,
+        fps=r["config"]["fps"],
+        options=options,
+        labels=r["names"],
+        clusters=list(r["labels"][0]),
+        singletons="0.65",
+        metrics={"clusters": r["series"]["clusters"]},
+        title="one random start of the ensemble at three betas",
+        progress=progress,
+    )

@@ -108,11 +108,7 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
         Q_transpose_K=np.asarray(A.T @ A),
     )
     np.savez(directory / "rescaled.npz", zs=np.asarray(zs), ts=np.asarray(ts))
-    # the figures and the animation are drawn from the files just written, exactly as
-    # `python -m sims plot` and `animate` redraw them later
-    draw(directory)
-    if animation:
-        render(directory, gif=gif)
+    _replay.draw_run(directory, draw, render, animation=animation, gif=gif)
 
 
 def _saved(directory: Path) -> dict:
@@ -166,8 +162,7 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
         rf"rescaled tokens $z = e^{{-tV}} x$, n = {config['n']}, $\beta$ = {config['beta']:g}"
     )
     out = directory / "polytope.png"
-    with _replay.writing(out) as tmp:
-        fig.savefig(tmp, dpi=dpi or 110)
+    _replay.save_figure(fig, out, dpi or 110)
     plt.close("all")
     return [out]
 
@@ -179,18 +174,17 @@ def render(directory: Path, *, gif: bool = False, progress: bool = True, **optio
     from particles import plot
 
     r = _saved(directory)
-    out = directory / ("animation.gif" if gif else "animation.mp4")
-    options.setdefault("fps", r["config"]["fps"])
-    with _replay.writing(out) as tmp:
-        plot.animate(
-            r["ts"],
-            list(r["zs"]),
-            tmp,
-            labels=r["names"],
-            clusters=list(r["labels"]),
-            metrics={"rescaled distance to limit": r["distance"]},
-            title=r"rescaled tokens $e^{-tV} x_i(t)$, coloured by their limit vertex",
-            progress=progress,
-            **options,
-        )
-    return [out]
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        list(r["zs"]),
+        gif=gif,
+        fps=r["config"]["fps"],
+        options=options,
+        labels=r["names"],
+        clusters=list(r["labels"]),
+        metrics={"rescaled distance to limit": r["distance"]},
+        title=r"rescaled tokens $e^{-tV} x_i(t)$, coloured by their limit vertex",
+        progress=progress,
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,7 @@ from particles import metrics
 
 from .. import _options as options
 from .. import _replay
-from .._config import require_at_least, require_positive
+from .._config import require_at_least, require_one_of, require_positive
 from .._registry import experiment
 
 
@@ -30,7 +29,7 @@ class Config:
     """ambient dimension: tokens live on the sphere S^{d-1} in R^d"""
     beta: float = 9.0
     """inverse temperature of the attention kernel exp(beta <x, y>)"""
-    normalization: Literal["softmax", "unnormalized"] = "softmax"
+    normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
     t1: float = 30.0
     """final time of the flow"""
@@ -53,10 +52,7 @@ class Config:
         require_positive(self, "n", "beta", "t1", "rtol", "atol", "cluster_tol", "fps")
         require_at_least(self, "d", 2)
         require_at_least(self, "frames", 2)
-        if self.solver not in options.SOLVERS:
-            raise ValueError(
-                f"solver must be one of {', '.join(options.SOLVERS)}; got {self.solver!r}"
-            )
+        require_one_of(self, "solver", options.SOLVERS)
 
 
 @experiment("sphere-clustering", Config)
