@@ -236,7 +236,7 @@ def test_wasserstein_matches_closed_forms(key):
     w = W.wasserstein(both, both, jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]), p=1)
     assert float(w) == pytest.approx(0.5, rel=1e-6)
     assert float(W.wasserstein(a, b, p=2)) == pytest.approx(2.0, rel=1e-6)
-    ys = jax.vmap(lambda s: x + s)(jnp.array([[0.1, 0, 0], [0, 0.2, 0]]))
+    ys = jax.vmap(lambda s: x + s[None, :])(jnp.array([[0.1, 0, 0], [0, 0.2, 0]]))
     np.testing.assert_allclose(
         jax.jit(jax.vmap(lambda y: W.wasserstein(x, y, p=1)))(ys), [0.1, 0.2], rtol=1e-5
     )

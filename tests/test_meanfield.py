@@ -305,8 +305,8 @@ def _moment_slope(ns, seeds, key):
     rms = []
     for i, n in enumerate(ns):
         m, S = _particle_moments(n, seeds, ts, jax.random.fold_in(key, i))
-        err2 = jnp.sum((m[:, -1] - sol.means[-1]) ** 2, -1) + jnp.sum(
-            (S[:, -1] - sol.covs[-1]) ** 2, (-2, -1)
+        err2 = jnp.sum((m[:, -1] - sol.means[-1][None, :]) ** 2, -1) + jnp.sum(
+            (S[:, -1] - sol.covs[-1][None]) ** 2, (-2, -1)
         )
         rms.append(float(jnp.sqrt(jnp.mean(err2))))
     return M.fit_power_law(ns, rms)[0]
