@@ -18,7 +18,13 @@ import re
 import shlex
 import signal
 import sys
+import warnings
 from pathlib import Path
+
+# JAX probes for a TPU on start-up and warns from a timer thread when that takes long (a
+# loaded machine): on stderr that is a second line after a one-line error, and no TPU is
+# ever asked for here.
+warnings.filterwarnings("ignore", message="TPU backend initialization is taking more than")
 
 COMMANDS = ("list", "run", "animate", "plot")
 
