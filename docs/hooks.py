@@ -142,8 +142,10 @@ def _notebooks(files, config, out: Path) -> None:
     listing.append("")
     for path in NOTEBOOKS:
         body, outputs = _execute(path, out)
-        source = f"*Source: `notebooks/{path.name}`, executed at small size for this page.*\n\n"
-        _add(files, config, f"notebooks/{path.stem}.md", content=source + body)
+        source = f"*Source: `notebooks/{path.name}`, executed at small size for this page.*"
+        title, _, rest = body.lstrip().partition("\n")
+        page = f"{title}\n\n{source}\n{rest}"
+        _add(files, config, f"notebooks/{path.stem}.md", content=page)
         for name, data in outputs.items():
             target = out / "notebooks" / name
             target.parent.mkdir(parents=True, exist_ok=True)
