@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -60,6 +59,8 @@ __all__ = [
     "make_mesh",
     "pad",
     "platform",
+    "process_count",
+    "process_index",
     "resolve",
     "use",
 ]
@@ -160,19 +161,32 @@ def resolve(devices: Devices = None) -> Mesh | None:
     """
     if devices is None:
         devices = _DEFAULT.get()
+    if isinstance(devices, int | np.integer) and not isinstance(devices, bool) and devices == 1:
+        # one device: every process computes the same thing on its own first device
+        return None
     if isinstance(devices, Mesh):
         if devices.axis_names != (AXIS,):
             raise ValueError(f"a mesh for devices= needs the one axis {AXIS!r}; got {devices}")
         mesh = devices
     else:
         mesh = make_mesh(devices)
-    return None if mesh.size == 1 and jax.process_count() == 1 else mesh
+    return None if mesh.size == 1 else mesh
 
 
 def count(devices: Devices = None) -> int:
     """How many devices `devices` means (1 for the plain path)."""
     mesh = resolve(devices)
     return 1 if mesh is None else mesh.size
+
+
+def process_index() -> int:
+    """This process's index in a multi-process run (0 alone): process 0 writes the files."""
+    return jax.process_index()
+
+
+def process_count() -> int:
+    """How many processes take part (1 unless `initialize` joined a multi-process run)."""
+    return jax.process_count()
 
 
 def platform() -> str:
@@ -240,21 +254,26 @@ def ensemble(
         axes = (in_axes,) * len(args) if not isinstance(in_axes, Sequence) else tuple(in_axes)
         if len(axes) != len(args):
             raise ValueError(f"in_axes has {len(axes)} entries for {len(args)} arguments")
-        sizes = {a.shape[ax] for a, ax in zip(args, axes, strict=True) if ax is not None}
+        sizes = {jnp.shape(a)[ax] for a, ax in zip(args, axes, strict=True) if ax is not None}
         if len(sizes) != 1:
             raise ValueError(f"the member axes of the arguments differ or are missing: {sizes}")
         members = sizes.pop()
         padded = -(-members // mesh.size) * mesh.size
         specs, placed = [], []
+        replicated = NamedSharding(mesh, P())
+
+        def shared(b):
+            return _placed(b, replicated) if eqx.is_array(b) else b
+
         for a, ax in zip(args, axes, strict=True):
-            if ax is None:
+            if ax is None:  # any pytree that every member shares
                 specs.append(P())
-                placed.append(_placed(a, NamedSharding(mesh, P())))
+                placed.append(jax.tree.map(shared, a))
                 continue
             spec = P(*([None] * ax), AXIS)
             specs.append(spec)
             placed.append(_placed(_pad_axis(jnp.asarray(a), ax, padded), NamedSharding(mesh, spec)))
-        out = _sharded_call(fn, mesh, tuple(specs), out_axes, *placed)
+        out = _sharded_call(fn, mesh, tuple(specs), out_axes, tuple(placed))
         outs = jax.tree.leaves(out)
         oaxes = (out_axes,) * len(outs) if isinstance(out_axes, int) else tuple(out_axes)
         cut = [
@@ -265,15 +284,24 @@ def ensemble(
     return call
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _sharded_call(fn, mesh, specs, out_axes, *args):
+@eqx.filter_jit
+def _sharded_call(fn, mesh, specs, out_axes, args):
     def spec(ax):
         return P(*([None] * ax), AXIS)
 
     out_specs = spec(out_axes) if isinstance(out_axes, int) else tuple(map(spec, out_axes))
+    # only arrays cross into shard_map; the rest of a shared pytree (python numbers, static
+    # options) is put back inside
+    dynamic, static = eqx.partition(args, eqx.is_array)
+
+    def block(dynamic):
+        return fn(*eqx.combine(dynamic, static))
+
     # check_vma=False: diffrax's loops and equinox's error checks mix per-device values with
     # constants, which the varying-axis type check refuses; members are independent anyway
-    out = jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=False)(*args)
+    out = jax.shard_map(block, mesh=mesh, in_specs=(specs,), out_specs=out_specs, check_vma=False)(
+        dynamic
+    )
     if jax.process_count() > 1:  # every process reads every result (process 0 writes them)
         out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, P()))
     return out
@@ -398,10 +426,17 @@ def field(
        {\sum_j w_j e^{s_\beta(Q x_i, K x_j)}} $$
 
     (softmax; the other normalizations likewise), each device computing its own $i$.
+    With several processes the field is a global array split over all of them
+    (`jax.experimental.multihost_utils.process_allgather` reads it whole).
     """
     mesh = resolve(devices)
     if mesh is None:
         return flow(t, x, weights)
+    if jax.process_count() > 1:  # global arrays: every process holds the same cloud
+        replicated = NamedSharding(mesh, P())
+        x = _placed(x, replicated)
+        weights = None if weights is None else _placed(weights, replicated)
+        return _field(flow, x, weights, jnp.asarray(t), mesh)
     out = _field(flow, x, weights, jnp.asarray(t), mesh)
     sharding = getattr(x, "sharding", None)
     if isinstance(sharding, jax.sharding.Sharding) and out.sharding != sharding:

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from particles import devices as particles_devices
 from particles import io as particles_io
 
 from . import _files, _registry
@@ -182,6 +183,7 @@ def run(
     *,
     overwrite: bool = False,
     command: str | None = None,
+    devices: int | str = "all",
     **options,
 ) -> Path:
     """Run the experiment whose config this is and return its run directory.
@@ -193,7 +195,14 @@ def run(
             else: see the module docstring).
         command: the command line as typed, recorded in `config.json` (the command line
             passes it; from Python the call itself is recorded).
+        devices: how many devices the experiment's ensembles and large clouds are split
+            over: `"all"` (every device JAX sees, of every process) or a count (see
+            `particles.devices`); recorded in `config.json` with the platform.
         options: passed on to the experiment function (e.g. `gif=True`).
+
+    With several processes (`particles.devices.initialize`), every process calls `run`: all
+    compute their share, and process 0 alone writes the run directory (the others compute
+    into a private temporary directory that is removed).
 
     Raises:
         RunError: `out` cannot be written or replaced (before any computation), or writing
@@ -201,13 +210,23 @@ def run(
     """
     exp = _registry.for_config(config)
     out = Path(out) if out is not None else default_directory(exp.name)
+    try:
+        used = particles_devices.count(devices)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     check_target(out, overwrite)
+    if particles_devices.process_index() != 0:
+        _compute_share(exp, config, devices, options)
+        return out
     record = {
         "experiment": exp.name,
         "config": dataclasses.asdict(config),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": command if command is not None else f"sims.run({config!r})",
         "versions": versions(),
+        "devices": used,
+        "platform": particles_devices.platform(),
+        "processes": particles_devices.process_count(),
     }
     with _files.signals_raise():
         try:
@@ -225,7 +244,8 @@ def run(
             )
             particles_io.write_json(tmp / "config.json", record)
             start = time.perf_counter()
-            exp.run(config, tmp, **options)
+            with particles_devices.use(devices):
+                exp.run(config, tmp, **options)
             record["wall_seconds"] = round(time.perf_counter() - start, 3)
             particles_io.write_json(tmp / "config.json", record)
             for path in sorted(tmp.iterdir()):  # figures and videos written by the experiment
@@ -241,3 +261,15 @@ def run(
             with _files.signals_held():  # a second Ctrl-C must not leave half of it
                 shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _compute_share(exp, config, devices, options) -> None:
+    """A process other than 0 of a multi-process run: run the same program (every sharded
+    computation needs every process), writing into a private temporary directory that is
+    removed; process 0 writes the run."""
+    scratch = Path(tempfile.mkdtemp(prefix="particles-share."))
+    try:
+        with particles_devices.use(devices):
+            exp.run(config, scratch, **{**options, "animation": False})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
