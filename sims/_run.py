@@ -215,9 +215,11 @@ def run(
     except ValueError as e:
         raise RunError(str(e)) from None
     check_target(out, overwrite)
-    if particles_devices.process_index() != 0:
-        _compute_share(exp, config, devices, options)
-        return out
+    # process 0 writes the run; any other computes its share of every sharded computation
+    # (each needs every process) into a private temporary directory, then removes it
+    lead = particles_devices.process_index() == 0
+    if not lead:
+        options = {**options, "animation": False}
     record = {
         "experiment": exp.name,
         "config": dataclasses.asdict(config),
@@ -230,12 +232,15 @@ def run(
     }
     with _files.signals_raise():
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(
-                tempfile.mkdtemp(
-                    prefix=f".{out.name}.", suffix=_files.PARTIAL_SUFFIX, dir=out.parent
+            if lead:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(
+                    tempfile.mkdtemp(
+                        prefix=f".{out.name}.", suffix=_files.PARTIAL_SUFFIX, dir=out.parent
+                    )
                 )
-            )
+            else:
+                tmp = Path(tempfile.mkdtemp(prefix="particles-share."))
         except OSError as e:
             raise RunError(f"cannot write run directory {out}: {e.strerror}") from None
         try:
@@ -247,6 +252,8 @@ def run(
             with particles_devices.use(devices):
                 exp.run(config, tmp, **options)
             record["wall_seconds"] = round(time.perf_counter() - start, 3)
+            if not lead:
+                return out
             particles_io.write_json(tmp / "config.json", record)
             for path in sorted(tmp.iterdir()):  # figures and videos written by the experiment
                 problem = _files.media_problem(path) if path.is_file() else None
@@ -261,15 +268,3 @@ def run(
             with _files.signals_held():  # a second Ctrl-C must not leave half of it
                 shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _compute_share(exp, config, devices, options) -> None:
-    """A process other than 0 of a multi-process run: run the same program (every sharded
-    computation needs every process), writing into a private temporary directory that is
-    removed; process 0 writes the run."""
-    scratch = Path(tempfile.mkdtemp(prefix="particles-share."))
-    try:
-        with particles_devices.use(devices):
-            exp.run(config, scratch, **{**options, "animation": False})
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
