@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 
@@ -273,7 +274,7 @@ def ensemble(
             spec = P(*([None] * ax), AXIS)
             specs.append(spec)
             placed.append(_placed(_pad_axis(jnp.asarray(a), ax, padded), NamedSharding(mesh, spec)))
-        out = _sharded_call(fn, mesh, tuple(specs), out_axes, tuple(placed))
+        out = _sharded_call(_cacheable(fn), mesh, tuple(specs), out_axes, tuple(placed))
         outs = jax.tree.leaves(out)
         oaxes = (out_axes,) * len(outs) if isinstance(out_axes, int) else tuple(out_axes)
         cut = [
@@ -282,6 +283,15 @@ def ensemble(
         return jax.tree.unflatten(jax.tree.structure(out), cut)
 
     return call
+
+
+def _cacheable(fn: Callable) -> Callable:
+    """`fn` as a key the compilation cache recognises again: a `functools.partial` made
+    anew on every call (as the studies make theirs) hashes by identity, the same function
+    with equal options as a pytree (`jax.tree_util.Partial`) does not."""
+    if isinstance(fn, functools.partial):
+        return jax.tree_util.Partial(fn.func, *fn.args, **fn.keywords)
+    return fn
 
 
 @eqx.filter_jit
