@@ -10,9 +10,10 @@
   `--repeats` rounds. The error column is the largest difference of `min_inner` from the
   one-device result (members are the same solves, so it is float32 rounding or 0).
 - **cloud**: one evaluation of the sphere SA field (`Attention.identity(3, 4.0)`) at
-  n = 65536 with the query tokens split over the devices and the keys gathered
+  n = 65536 (`--cloud-n`, a list) with the query tokens split over the devices and the keys gathered
   (`particles.devices.field` on a token-sharded cloud), compile excluded, median of rounds;
-  the error is the largest difference from the one-device field.
+  the error is the largest difference from the one-device field; `--solve` adds a whole
+  solve (t in [0, t1], Tsit5, rtol 1e-5) per size, `ShardedFlow` on several devices.
 
 Devices counts are 1, 2, 4, ... up to what JAX sees. Forced host devices
 (`--xla_force_host_platform_device_count`) share the machine's cores, so on a CPU the table
@@ -78,39 +79,51 @@ def ensemble(counts, args) -> list[dict]:
     return rows
 
 
-def cloud(counts, args) -> list[dict]:
+def cloud(counts, n: int, args) -> list[dict]:
     flow = P.AttentionFlow(P.Attention.identity(3, 4.0), P.Sphere())
-    x = P.clouds.sphere_uniform(jax.random.key(0), args.cloud_n, 3)
+    x = P.clouds.sphere_uniform(jax.random.key(0), n, 3)
+    ts = jnp.asarray([0.0, args.t1])
     rows, reference = [], None
     for k in counts:
         if k == 1:
+            xk, wk, solved = x, None, flow
             evaluate = jax.jit(lambda x: flow(0.0, x, None))
-            xk = x
         else:
             mesh = devices.make_mesh(k)
-            xk = jax.device_put(x, NamedSharding(mesh, PartitionSpec(devices.AXIS)))
+            xp, wk = devices.pad(x, None, k)  # weight-zero tokens when k does not divide n
+            xk = jax.device_put(xp, NamedSharding(mesh, PartitionSpec(devices.AXIS)))
+            solved = devices.ShardedFlow(flow, mesh)
 
-            def evaluate(x, mesh=mesh):
-                return devices.field(flow, x, devices=mesh)
+            def evaluate(x, mesh=mesh, w=wk):
+                return devices.field(flow, x, w, devices=mesh)
 
         def once(evaluate=evaluate, xk=xk):
             return evaluate(xk).block_until_ready()
 
         seconds, rounds = _timed(once, args.repeats)
-        v = evaluate(xk)
+        v = evaluate(xk)[:n]
         if reference is None:
             reference = v
-        rows.append(
-            {
-                "devices": k,
-                "n": args.cloud_n,
-                "seconds": seconds,
-                "rounds": rounds,
-                "sharding": str(v.sharding),
-                "error": float(jnp.max(jnp.abs(v - reference))),
-            }
-        )
-        print(f"cloud     devices={k}: {seconds:.3f} s", flush=True)
+        row = {
+            "devices": k,
+            "n": n,
+            "seconds": seconds,
+            "rounds": rounds,
+            "sharding": str(v.sharding),
+            "error": float(jnp.max(jnp.abs(v - reference))),
+        }
+        if args.solve:
+            solve = jax.jit(
+                lambda x, w, solved=solved: (
+                    P.simulate(solved, x, ts, weights=w, rtol=1e-5, atol=1e-6).xs
+                )
+            )
+            row["solve_seconds"], _ = _timed(
+                lambda solve=solve, xk=xk, wk=wk: solve(xk, wk).block_until_ready(), 1
+            )
+        rows.append(row)
+        extra = f", solve {row['solve_seconds']:.3f} s" if args.solve else ""
+        print(f"cloud n={n} devices={k}: field {seconds:.4f} s{extra}", flush=True)
     return rows
 
 
@@ -120,7 +133,15 @@ def main() -> None:
     parser.add_argument("--betas", type=int, default=8)
     parser.add_argument("--n", type=int, default=32, help="tokens per ensemble member")
     parser.add_argument("--t1", type=float, default=10.0)
-    parser.add_argument("--cloud-n", type=int, default=65536, help="0 skips the cloud")
+    parser.add_argument(
+        "--cloud-n",
+        type=lambda text: [int(v) for v in text.split(",") if v],
+        default=[65536],
+        help="cloud sizes, comma-separated (empty: no cloud)",
+    )
+    parser.add_argument(
+        "--solve", action="store_true", help="also time a whole solve, t in [0, t1], per size"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-devices", type=int, default=None, help="default: all")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/devices.json"))
@@ -137,7 +158,7 @@ def main() -> None:
         flush=True,
     )
     ens = ensemble(counts, args) if args.runs > 0 else []
-    big = cloud(counts, args) if args.cloud_n > 0 else []
+    clouds = {n: cloud(counts, n, args) for n in args.cloud_n}
     result = {
         "platform": devices.platform(),
         "device_kind": jax.devices()[0].device_kind,
@@ -148,7 +169,7 @@ def main() -> None:
         "jax": jax.__version__,
         "args": {k: str(v) for k, v in vars(args).items()},
         "ensemble": ens,
-        "cloud": big,
+        "cloud": {str(n): rows for n, rows in clouds.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.partial")
@@ -156,26 +177,33 @@ def main() -> None:
     os.replace(tmp, args.out)  # atomic: a reader never sees half a file
 
     print(f"\n{result['devices_seen']} x {result['device_kind']} ({result['platform']})")
-    print("| devices | ensemble time | vs 1 | max error | cloud field time | vs 1 | max error |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for i, k in enumerate(counts):
-        e = ens[i] if ens else None
-        c = big[i] if big else None
-        cells = [str(k)]
-        for row, base in ((e, ens[0] if ens else None), (c, big[0] if big else None)):
-            if row is None:
-                cells += ["-", "-", "-"]
-            else:
-                cells += [
-                    f"{row['seconds']:.3f} s",
-                    f"{base['seconds'] / row['seconds']:.2f}x",
-                    f"{row['error']:.1e}",
-                ]
-        print("| " + " | ".join(cells) + " |")
     if ens:
-        print(f"ensemble: {ens[0]['members']} members, n = {args.n}, t1 = {args.t1}")
-    if big:
-        print(f"cloud: n = {args.cloud_n}, d = 3, one field evaluation")
+        print(f"\nensemble: {ens[0]['members']} members, n = {args.n}, t1 = {args.t1}")
+        print("| devices | time | vs 1 device | max difference from 1 device |")
+        print("|---:|---:|---:|---:|")
+        for row in ens:
+            speed = ens[0]["seconds"] / row["seconds"]
+            print(
+                f"| {row['devices']} | {row['seconds']:.3f} s | {speed:.2f}x | {row['error']:.1e} |"
+            )
+    for n, rows in clouds.items():
+        print(
+            f"\none cloud, n = {n}, d = 3: one field evaluation"
+            + (" and a whole solve" if args.solve else "")
+        )
+        head = "| devices | field | vs 1 device | max difference |" + (
+            " solve |" if args.solve else ""
+        )
+        print(head)
+        print("|---:" * (5 if args.solve else 4) + "|")
+        for row in rows:
+            speed = rows[0]["seconds"] / row["seconds"]
+            cells = (
+                f"| {row['devices']} | {row['seconds']:.4f} s | {speed:.2f}x | {row['error']:.1e} |"
+            )
+            if args.solve:
+                cells += f" {row['solve_seconds']:.3f} s |"
+            print(cells)
     print(f"written to {args.out}")
 
 
