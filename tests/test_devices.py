@@ -24,10 +24,8 @@ import pytest
 from jax.sharding import AxisType
 
 import particles as P
-import sims
 from particles import devices
 from sims.__main__ import main
-from sims.experiments.sphere_clustering import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,12 +152,6 @@ def test_initialize_alone_is_one_process(monkeypatch):
     assert str(info.value) == (
         "num_processes and process_id need a coordinator address (host:port of process 0)"
     )
-
-
-def test_run_records_devices_and_platform(tmp_path):
-    out = sims.run(Config(n=8, t1=1.0, frames=3), tmp_path / "r", animation=False, devices=1)
-    record = json.loads((out / "config.json").read_text())
-    assert (record["devices"], record["platform"], record["processes"]) == (1, "cpu", 1)
 
 
 @pytest.mark.parametrize(
