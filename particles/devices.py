@@ -89,7 +89,7 @@ def initialize(
     Call it before anything touches a device. With `coordinator` (`"host:port"` of process
     0), `num_processes` and `process_id` are needed too, unless JAX can detect them. Without
     it, a run started by SLURM's `srun` with more than one task (`SLURM_STEP_NODELIST` set,
-    `SLURM_NTASKS > 1`), or with `JAX_COORDINATOR_ADDRESS` in the environment, is initialized
+    `SLURM_STEP_NUM_TASKS > 1`), or with `JAX_COORDINATOR_ADDRESS` in the environment, is initialized
     from the environment (JAX's own cluster detection); anything else is one process and
     nothing happens. Calling it again is harmless.
 
@@ -110,11 +110,13 @@ def initialize(
 
 
 def _slurm_tasks() -> int:
-    """Tasks of the SLURM job step this process belongs to (0 outside `srun`)."""
+    """Tasks of the `srun` job step this process belongs to (0 outside one). Only `srun`
+    sets `SLURM_STEP_NUM_TASKS` per step: a plain `python` in a batch script of a many-task
+    job (`SLURM_NTASKS > 1`) is one process and must not wait for the others."""
     if "SLURM_JOB_ID" not in os.environ or "SLURM_STEP_NODELIST" not in os.environ:
         return 0
     try:
-        return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS", 0))
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", 0))
     except ValueError:
         return 0
 

@@ -145,7 +145,10 @@ def test_initialize_alone_is_one_process(monkeypatch):
     assert devices.initialize() == 1
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_STEP_NODELIST", "node1")
-    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task of a job step: nothing to join
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # one task of a job step: nothing to join
+    assert devices.initialize() == 1
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # a batch script of an 8-task job, not srun
     assert devices.initialize() == 1
     with pytest.raises(ValueError) as info:
         devices.initialize(num_processes=2, process_id=0)
