@@ -183,34 +183,79 @@ def test_cli_devices_errors(flags, message, tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- four devices, subprocess
 
 
+_PROBE = """
+import dataclasses
+import sims
+from sims._registry import experiment
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    runs: int = 6
+
+@experiment("devices-probe", Probe)  # registered in this subprocess only
+def probe(config, directory, **options):
+    # no devices= here: the study takes the default that sims.run sets
+    pd = P.studies.phase_diagram(jax.random.key(0), betas, ts, n=8, runs=config.runs)
+    np.save(directory / "min_inner.npy", np.asarray(pd.min_inner))
+    used = {"default": devices.count(), "holding": len(pd.min_inner.sharding.device_set)}
+    (directory / "used.json").write_text(json.dumps(used))
+"""
+
+
 def test_sharded_phase_diagram_equals_one_device(tmp_path):
-    # 6 starts over 4 devices: padded to 8; float32; the sims run records 4 devices
+    # 6 starts over 4 devices: padded to 8; float32. Through sims.run, the study inside the
+    # experiment uses the 4 devices without being told and config.json records them.
+    compare = """
+    betas, ts = jnp.asarray([1.0, 4.0]), jnp.linspace(0.0, 2.0, 3)
+    one = P.studies.phase_diagram(jax.random.key(0), betas, ts, n=8, runs=6, devices=1)
+    four = P.studies.phase_diagram(jax.random.key(0), betas, ts, n=8, runs=6, devices=4)
+    """
+    report = f"""
+    out = sims.run(Probe(), {str(tmp_path / "run")!r})
+    saved = np.load(out / "min_inner.npy")
+    print(json.dumps({{
+        "devices": len(jax.devices()),
+        "dtype": str(four.final.dtype),
+        "shape": list(four.min_inner.shape),
+        "final": float(jnp.max(jnp.abs(four.final - one.final))),
+        "min_inner": float(jnp.max(jnp.abs(four.min_inner - one.min_inner))),
+        "steps_equal": bool(jnp.all(four.num_steps == one.num_steps)),
+        "saved": float(np.max(np.abs(saved - np.asarray(four.min_inner)))),
+        "record": json.loads((out / "config.json").read_text()),
+        "used": json.loads((out / "used.json").read_text()),
+    }}))
+    """
+    result = _script(textwrap.dedent(compare) + _PROBE + textwrap.dedent(report))
+    assert result["devices"] == 4
+    assert result["dtype"] == "float32" and result["shape"] == [2, 6, 3]
+    assert result["steps_equal"]
+    assert result["final"] < 1e-5 and result["min_inner"] < 1e-5
+    assert result["saved"] == 0.0  # the same 4-device program, reached through sims.run
+    assert result["used"] == {"default": 4, "holding": 4}
+    record = result["record"]
+    assert (record["devices"], record["platform"], record["processes"]) == (4, "cpu", 1)
+
+
+@pytest.mark.slow
+def test_sims_phase_diagram_on_four_devices(tmp_path):
+    # the experiment itself (figures included) on 4 devices, against the library on one
     result = _script(
         f"""
         import sims
         from sims.experiments.phase_diagram import Config
-        assert len(jax.devices()) == 4
         betas, ts = jnp.asarray([1.0, 4.0]), jnp.linspace(0.0, 2.0, 3)
         one = P.studies.phase_diagram(jax.random.key(0), betas, ts, n=8, runs=6, devices=1)
-        four = P.studies.phase_diagram(jax.random.key(0), betas, ts, n=8, runs=6, devices=4)
         config = Config(n=8, runs=6, num_betas=2, beta_min=1.0, beta_max=4.0, t1=2.0,
                         frames=3, normalizations=("softmax",))
         out = sims.run(config, {str(tmp_path / "run")!r}, animation=False)
         saved = np.load(out / "phase_diagram.npz")["min_inner_SA"]
         print(json.dumps({{
-            "dtype": str(four.final.dtype),
-            "shape": list(four.min_inner.shape),
-            "final": float(jnp.max(jnp.abs(four.final - one.final))),
-            "min_inner": float(jnp.max(jnp.abs(four.min_inner - one.min_inner))),
-            "steps_equal": bool(jnp.all(four.num_steps == one.num_steps)),
             "saved": float(np.max(np.abs(saved - np.asarray(one.min_inner)))),
             "record": json.loads((out / "config.json").read_text()),
         }}))
         """
     )
-    assert result["dtype"] == "float32" and result["shape"] == [2, 6, 3]
-    assert result["steps_equal"]
-    assert result["final"] < 1e-5 and result["min_inner"] < 1e-5 and result["saved"] < 1e-5
+    assert result["saved"] < 1e-5
     record = result["record"]
     assert (record["devices"], record["platform"], record["processes"]) == (4, "cpu", 1)
 
@@ -226,11 +271,11 @@ attention = {
 }[sys.argv[1]]
 flow = P.AttentionFlow(attention, P.Sphere())
 out = {}
-x = jax.device_put(P.clouds.sphere_uniform(jax.random.key(0), 1000, 3), tokens)
+x = jax.device_put(P.clouds.sphere_uniform(jax.random.key(0), 256, 3), tokens)
 v = devices.field(flow, x, devices=mesh)
 out["sharded"] = float(jnp.max(jnp.abs(v - flow(0.0, x, None))))
 out["sharded-layout"] = v.sharding == x.sharding
-x = P.clouds.sphere_uniform(jax.random.key(0), 1001, 3)  # odd n, on one device
+x = P.clouds.sphere_uniform(jax.random.key(0), 257, 3)  # odd n, on one device
 v = devices.field(flow, x, devices=4)
 out["odd"] = float(jnp.max(jnp.abs(v - flow(0.0, x, None))))
 out["odd-layout"] = v.sharding == x.sharding
@@ -243,37 +288,26 @@ def _check_field(result):
 
 
 def test_sharded_field_equals_one_device():
-    # softmax with two heads; a whole solve with the state split by tokens; refusals
+    # softmax with two heads, and the refusals
     result = _script(
         _FIELD
-        + """
-        # 62 tokens padded to 64 with weight-zero tokens
-        flow = P.AttentionFlow(P.Attention.identity(3, 4.0), P.Sphere())
-        x = P.clouds.sphere_uniform(jax.random.key(0), 62, 3)
-        ts = jnp.linspace(0.0, 3.0, 4)
-        ref = P.simulate(flow, x, ts)
-        xp, wp = devices.pad(x, None, 4)
-        traj = P.simulate(devices.ShardedFlow(flow, mesh), jax.device_put(xp, tokens), ts,
-                          weights=wp)
-        out["simulate"] = float(jnp.max(jnp.abs(traj.xs[:, :62] - ref.xs)))
-        out["simulate-spec"] = traj.xs.sharding.spec == PartitionSpec(None, "devices")
-        out["steps"] = [int(traj.stats.num_steps), int(ref.stats.num_steps)]
-        sinkhorn = P.Attention.identity(3, 1.0, normalization=P.Sinkhorn(5))
-        try:
-            devices.field(P.AttentionFlow(sinkhorn), x, devices=4)
-        except ValueError as e:
-            out["sinkhorn"] = str(e)
-        try:
-            devices.ShardedFlow(flow, mesh)(0.0, x, None)
-        except ValueError as e:
-            out["not-padded"] = str(e)
-        print(json.dumps(out))
-        """.replace("\n        ", "\n"),
+        + textwrap.dedent(
+            """
+            sinkhorn = P.Attention.identity(3, 1.0, normalization=P.Sinkhorn(5))
+            try:
+                devices.field(P.AttentionFlow(sinkhorn), x, devices=4)
+            except ValueError as e:
+                out["sinkhorn"] = str(e)
+            try:
+                devices.ShardedFlow(flow, mesh)(0.0, x[:62], None)
+            except ValueError as e:
+                out["not-padded"] = str(e)
+            print(json.dumps(out))
+            """
+        ),
         args=["softmax"],
     )
     _check_field(result)
-    assert result["simulate"] < 1e-5 and result["simulate-spec"]
-    assert result["steps"][0] == result["steps"][1]
     assert result["sinkhorn"] == (
         "Sinkhorn normalization needs one measure on both sides: use self-attention"
     )
@@ -281,6 +315,32 @@ def test_sharded_field_equals_one_device():
         "a sharded cloud needs a multiple of 4 tokens; got n = 62 "
         "(particles.devices.pad adds tokens of weight zero)"
     )
+
+
+@pytest.mark.slow
+def test_sharded_solve_equals_one_device():
+    # a whole solve with the state split by tokens: 62 tokens padded to 64
+    result = _script(
+        """
+        from jax.sharding import NamedSharding, PartitionSpec
+        mesh = devices.make_mesh(4)
+        tokens = NamedSharding(mesh, PartitionSpec("devices"))
+        flow = P.AttentionFlow(P.Attention.identity(3, 4.0), P.Sphere())
+        x = P.clouds.sphere_uniform(jax.random.key(0), 62, 3)
+        ts = jnp.linspace(0.0, 3.0, 4)
+        ref = P.simulate(flow, x, ts)
+        xp, wp = devices.pad(x, None, 4)
+        traj = P.simulate(devices.ShardedFlow(flow, mesh), jax.device_put(xp, tokens), ts,
+                          weights=wp)
+        print(json.dumps({
+            "error": float(jnp.max(jnp.abs(traj.xs[:, :62] - ref.xs))),
+            "spec": traj.xs.sharding.spec == PartitionSpec(None, "devices"),
+            "steps": [int(traj.stats.num_steps), int(ref.stats.num_steps)],
+        }))
+        """
+    )
+    assert result["error"] < 1e-5 and result["spec"]
+    assert result["steps"][0] == result["steps"][1]
 
 
 @pytest.mark.slow
