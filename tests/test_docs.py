@@ -31,6 +31,7 @@ PUBLIC = [
     "particles.clouds",
     "particles.closedforms",
     "particles.io",
+    "particles.devices",
     "particles.plot",
     "sims",
 ]
