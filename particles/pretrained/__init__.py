@@ -20,6 +20,12 @@ from ._flow import feedforward_flow as feedforward_flow
 from ._flow import flow_layer as flow_layer
 from ._flow import flow_network as flow_network
 from ._flow import iterate_layer as iterate_layer
+from ._lipschitz import adversarial_tokens as adversarial_tokens
+from ._lipschitz import attention_map as attention_map
+from ._lipschitz import gaussian_tokens as gaussian_tokens
+from ._lipschitz import layer_bounds as layer_bounds
+from ._lipschitz import layer_lipschitz as layer_lipschitz
+from ._lipschitz import lipschitz_sweep as lipschitz_sweep
 from ._load import MissingExtraError as MissingExtraError
 from ._load import check_installed as check_installed
 from ._load import load_config as load_config

@@ -15,7 +15,7 @@ import numpy as np
 from ..plot import AbstractScene, Renderer, cluster_colors, write
 from ..plot._scene import check_times
 
-__all__ = ["TokenScene", "token_animation"]
+__all__ = ["SweepScene", "TokenScene", "sweep_animation", "token_animation"]
 
 
 class TokenScene(AbstractScene):
@@ -102,5 +102,59 @@ def token_animation(
         clusters=clusters,
         title=title,
         time_label=time_label,
+    )
+    return write(path, (renderer.render(i) for i in range(len(renderer))), fps)
+
+
+class SweepScene(AbstractScene):
+    """Curves `values` `(k, T)` against `xs` `(T,)` on log-log axes, revealed one point per
+    frame (a sweep over the token count drawn as it goes)."""
+
+    def __init__(self, fig, ts, values, *, names: Sequence[str], title: str = "", ylabel: str = ""):
+        self.ts = check_times(ts)
+        values = np.asarray(values, float)
+        if values.ndim != 2 or values.shape[1] != len(self.ts) or len(names) != len(values):
+            raise ValueError(
+                f"values must have shape ({len(names)}, {len(self.ts)}); got {values.shape}"
+            )
+        self.values = values
+        ax = fig.add_subplot()
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        positive = values[values > 0]
+        ax.set_xlim(self.ts.min() / 1.2, self.ts.max() * 1.2)
+        ax.set_ylim(positive.min() / 1.5, positive.max() * 1.5)
+        ax.set_xlabel("tokens n")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        if title:
+            ax.set_title(title, fontsize=10)
+        self.lines = [ax.plot([], [], "o-", ms=4, label=name)[0] for name in names]
+        ax.legend(fontsize=7, loc="upper left")
+        self.dynamic = list(self.lines)
+
+    @classmethod
+    def default_size(cls, ts, data, **options) -> tuple[float, float]:
+        return (7.0, 5.0)
+
+    def update(self, i: int) -> None:
+        for line, row in zip(self.lines, self.values, strict=True):
+            line.set_data(self.ts[: i + 1], row[: i + 1])
+
+
+def sweep_animation(
+    ns,
+    values,
+    path: str | Path,
+    *,
+    names: Sequence[str],
+    title: str = "",
+    ylabel: str = "",
+    fps: float = 2,
+    dpi: int = 100,
+) -> Path:
+    """Write the `SweepScene` of saved curves to `path` (`.mp4` or `.gif`), atomically."""
+    renderer = Renderer(
+        ns, values, scene=SweepScene, dpi=dpi, names=names, title=title, ylabel=ylabel
     )
     return write(path, (renderer.render(i) for i in range(len(renderer))), fps)
