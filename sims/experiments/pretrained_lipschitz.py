@@ -68,11 +68,11 @@ class Config:
             raise ValueError(
                 f"layers must be a non-empty tuple of indices in 0..5; got {self.layers}"
             )
-        require_extra()
 
 
 @experiment("pretrained-lipschitz", Config)
 def run(config: Config, directory: Path, *, gif: bool = False, animation: bool = True) -> None:
+    require_extra()
     import particles.pretrained as PP
 
     key = jax.random.key(config.seed)
