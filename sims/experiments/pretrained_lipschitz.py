@@ -151,6 +151,8 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
                 fontsize=10,
             )
             ax.set_xlabel("tokens n")
+            ax.set_xticks(ns, [str(int(n)) for n in ns])
+            ax.minorticks_off()
             ax.set_ylabel(r"local Lipschitz constant $\|DF(X)\|_2$")
             ax.grid(alpha=0.3, which="both")
     axes[0, 0].legend(fontsize=7, ncol=2)
