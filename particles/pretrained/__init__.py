@@ -11,8 +11,10 @@ model's WordPiece tokenizer. Without the extra, loading raises `MissingExtraErro
 feed-forward block, then the LayerNorm map), so the network is the Euler scheme of step 1
 of a Lie-Trotter splitting, and the same flows solved exactly give its continuous
 counterpart; `iterate_layer` runs one real layer with shared weights to large depth;
-`lipschitz` measures the local Lipschitz constant of the real attention layers
-(Castin, Ablin, Peyré 2024).
+`flow_study` compares them and reads clusters and spectra; `layer_lipschitz` and
+`lipschitz_sweep` measure the local Lipschitz constant of the real attention layers
+(Castin, Ablin, Peyré 2024). `TEXT` is the bundled public-domain text. Animations of real
+tokens are in `particles.pretrained.plot` (matplotlib, imported only there).
 """
 
 from ._flow import attention_flow as attention_flow
