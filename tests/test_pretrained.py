@@ -105,6 +105,15 @@ def test_tokenizer_matches_reference(reference, k):
     assert short.strings == TOKENS[k][:3] + ("[SEP]",)
 
 
+def test_bad_text_and_lengths_are_refused(encoder):
+    with pytest.raises(ValueError, match="text must be a non-empty string; got '  '"):
+        PP.tokenize("  ")
+    with pytest.raises(ValueError, match=r"max_tokens must be >= 2 \(\[CLS\] and \[SEP\]\); got 1"):
+        PP.tokenize("a b", max_tokens=1)
+    with pytest.raises(ValueError, match="ids has 513 tokens but the model has 512 positions"):
+        encoder.embed(jnp.zeros(513, jnp.int32))
+
+
 @pytest.mark.parametrize("k", [0, 1])
 def test_forward_pass_matches_reference_in_float32(reference, encoder, k, float32):
     ids = jnp.asarray(reference[f"ids{k}"])

@@ -237,6 +237,10 @@ class Encoder(eqx.Module):
     def embed(self, ids: Int[Array, " n"]) -> Float[Array, "n d"]:
         """$x^0$: the embeddings' sum through their LayerNorm (one segment, type 0)."""
         n = ids.shape[0]
+        if n > self.position.shape[0]:
+            raise ValueError(
+                f"ids has {n} tokens but the model has {self.position.shape[0]} positions"
+            )
         e = (
             self.word[ids]
             + self.position[:n]
@@ -311,6 +315,8 @@ def tokenize(text: str, max_tokens: int | None = None) -> Tokens:
     first ones (then `[SEP]`), as the model's 512 positions require."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text must be a non-empty string; got {text!r}")
+    if max_tokens is not None and max_tokens < 2:
+        raise ValueError(f"max_tokens must be >= 2 ([CLS] and [SEP]); got {max_tokens}")
     encoding = _tokenizer().encode(text)
     ids, strings = list(encoding.ids), list(encoding.tokens)
     if max_tokens is not None and len(ids) > max_tokens:

@@ -51,7 +51,8 @@ class LayerSpectrum(eqx.Module):
 def layer_spectrum(layer: EncoderLayer, top: int = 4) -> LayerSpectrum:
     """The spectrum of `layer` (see the module docstring): `top` eigenvalues of $V$ by real
     part (their real parts), `top` of $\\mathrm{sym}(\\beta \\sum_h Q_h^\\top K_h)$, the
-    fraction of its eigenvalues that are positive, and $V$'s leading (real) eigenvector."""
+    fraction of its eigenvalues that are positive, and $V$'s leading (real) eigenvector.
+    Computed on the host in float64 (NumPy eigensolvers), once per layer: not jittable."""
     d = layer.dim
     P = np.eye(d) - np.ones((d, d)) / d
     V = P @ np.asarray(layer.attention.V[:, :d, :d], np.float64).sum(0) @ P
