@@ -47,3 +47,36 @@ from ._study import layer_spectrum as layer_spectrum
 from ._study import pca3 as pca3
 from ._study import plateaus as plateaus
 from ._text import TEXT as TEXT
+
+__all__ = [
+    "Encoder",
+    "EncoderLayer",
+    "LayerNorm",
+    "LayerSpectrum",
+    "MissingExtraError",
+    "TEXT",
+    "Tokens",
+    "adversarial_tokens",
+    "attention_flow",
+    "attention_map",
+    "check_installed",
+    "directions",
+    "feedforward_flow",
+    "flow_layer",
+    "flow_network",
+    "flow_study",
+    "gaussian_tokens",
+    "iterate_layer",
+    "layer_bounds",
+    "layer_lipschitz",
+    "layer_spectrum",
+    "lift",
+    "lipschitz_sweep",
+    "load_config",
+    "load_encoder",
+    "load_tokenizer",
+    "load_weights",
+    "pca3",
+    "plateaus",
+    "tokenize",
+]
