@@ -33,6 +33,8 @@ __all__ = ["AbstractFlow", "AttentionFlow", "FeedForward", "Layered", "PreNormFl
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
     "gelu": jax.nn.gelu,
+    # the erf form, as BERT's feed-forward uses it ("gelu" above is the tanh approximation)
+    "gelu_exact": lambda z: jax.nn.gelu(z, approximate=False),
     "tanh": jnp.tanh,
     "identity": lambda z: z,
 }
@@ -43,7 +45,8 @@ class FeedForward(eqx.Module):
 
     Args:
         W1: shape `(m, d)`; b: shape `(m,)`; W2: shape `(d, m)`.
-        activation: one of `"relu"`, `"gelu"`, `"tanh"`, `"identity"`.
+        activation: one of `"relu"`, `"gelu"` (tanh approximation), `"gelu_exact"` (erf),
+            `"tanh"`, `"identity"`.
     """
 
     W1: Float[Array, "m d"]

@@ -54,5 +54,9 @@ QUICK: dict[str, dict] = {
         n=6, runs=4, num_betas=2, t1=20.0, frames=11, normalizations=("softmax",)
     ),
     "polytope": dict(n=8, t1=4.0, frames=11),
+    "pretrained-flow": dict(max_tokens=10, sub_steps=2, depth=20, every=2),
+    "pretrained-lipschitz": dict(
+        n_min=2, n_max=2, layers=(0,), fit_n_max=2, plateau_n_min=2, max_iters=50
+    ),
     "sphere-clustering": dict(n=32, t1=10.0, frames=21),
 }

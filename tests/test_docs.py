@@ -32,6 +32,7 @@ PUBLIC = [
     "particles.closedforms",
     "particles.io",
     "particles.devices",
+    "particles.pretrained",
     "particles.plot",
     "sims",
 ]
