@@ -55,4 +55,5 @@ QUICK: dict[str, dict] = {
     ),
     "polytope": dict(n=8, t1=4.0, frames=11),
     "sphere-clustering": dict(n=32, t1=10.0, frames=21),
+    "variants": dict(n=8, t1=6.0, frames=7),
 }

@@ -142,3 +142,30 @@ def test_entropy_and_scores_name_what_they_do_not_know(setup):
         ValueError, match="Unnormalized rows do not sum to one: their entropy is not defined"
     ):
         metrics.attention_entropy(P.Attention.identity(3, normalization=P.Unnormalized()), x)
+
+
+def test_entropy_panel_draws_the_saved_series():
+    import matplotlib.pyplot as plt
+
+    from particles import plot
+
+    ts = np.linspace(0.0, 1.0, 5)
+    mean = np.array([[2.0, 1.8, 1.5, 1.4, 1.4], [2.0, 2.1, 2.2, 2.3, 2.4]])
+    ax = plot.entropy_panel(ts, mean, low=mean - 0.1, high=mean + 0.1, n=12, labels=["a", "b"])
+    try:
+        np.testing.assert_array_equal(ax.lines[0].get_ydata(), mean[0])
+        np.testing.assert_array_equal(ax.lines[1].get_ydata(), mean[1])
+        # the dashed reference is the uniform row's entropy log n
+        np.testing.assert_allclose(ax.lines[2].get_ydata(), np.log(12))
+        assert len(ax.collections) == 2  # one band per run
+        fig = plot.variants_figure(
+            ts,
+            {"clusters": np.array([[5, 4, 3, 2, 2], [5, 5, 5, 5, 5]]), "entropy": mean},
+            labels=["a", "b"],
+            n=12,
+            energy={"a": np.linspace(1, 2, 5)},
+        )
+        assert len(fig.axes) == 3
+        np.testing.assert_array_equal(fig.axes[2].lines[0].get_ydata(), np.linspace(1, 2, 5))
+    finally:
+        plt.close("all")

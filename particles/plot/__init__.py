@@ -54,3 +54,5 @@ from ._regularity import lipschitz_vs_n as lipschitz_vs_n
 from ._regularity import lipschitz_vs_radius as lipschitz_vs_radius
 from ._regularity import wasserstein_separation as wasserstein_separation
 from ._scene import AbstractScene as AbstractScene
+from ._variants import entropy_panel as entropy_panel
+from ._variants import variants_figure as variants_figure
