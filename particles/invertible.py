@@ -205,7 +205,33 @@ class InvertibleNetwork(eqx.Module):
             raise TypeError("layers must be a non-empty sequence of InvertibleResidual")
         self.layers = layers
 
+    def _stacked(self):
+        """The layers' arrays stacked on a leading axis and their shared static part, or
+        `None` when the layers differ in structure (then they are applied one by one)."""
+        params, statics = zip(*(eqx.partition(a, eqx.is_array) for a in self.layers), strict=True)
+        structures = {jax.tree_util.tree_structure(p) for p in params}
+        if len(structures) != 1 or any(s != statics[0] for s in statics[1:]):
+            return None
+        if any(
+            a.shape != b.shape
+            for p in params[1:]
+            for a, b in zip(
+                jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(params[0]), strict=True
+            )
+        ):
+            return None
+        return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params), statics[0]
+
     def __call__(self, x: Float[Array, "n d"], weights=None) -> Float[Array, "n d"]:
+        stacked = self._stacked()
+        if stacked is not None:
+            # one scan over identical layers: one compilation whatever the depth
+            params, static = stacked
+
+            def step(x, p):
+                return eqx.combine(p, static)(x, weights), None
+
+            return jax.lax.scan(step, x, params)[0]
         for layer in self.layers:
             x = layer(x, weights)
         return x
@@ -213,6 +239,16 @@ class InvertibleNetwork(eqx.Module):
     def inverse(self, y: Float[Array, "n d"], weights=None, **options) -> InverseResult:
         """Undo the layers from the last to the first (`options` go to each layer's
         `InvertibleResidual.inverse`); per-layer fields are stacked in layer order."""
+        stacked = self._stacked()
+        if stacked is not None:
+            params, static = stacked
+
+            def step(y, p):
+                r = eqx.combine(p, static).inverse(y, weights, **options)
+                return r.x, r
+
+            x, results = jax.lax.scan(step, y, params, reverse=True)
+            return eqx.tree_at(lambda r: r.x, results, x)
         results = []
         for layer in reversed(self.layers):
             r = layer.inverse(y, weights, **options)

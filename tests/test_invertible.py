@@ -171,3 +171,22 @@ def test_certificate_names_what_it_does_not_know(key):
         TypeError, match="layers must be a non-empty sequence of InvertibleResidual"
     ):
         InvertibleNetwork([])
+
+
+def test_network_of_different_layers_is_applied_one_by_one(key):
+    # a dot-product layer after an L2 one: no common structure, so no scan; same results
+    ka, kb, kx = jax.random.split(key, 3)
+    l2 = l2_attention(ka, 3)
+    dot = P.Attention.random(kb, 3, beta=0.5)
+    x = 0.5 * jax.random.normal(kx, (5, 3))
+    layers = [
+        InvertibleResidual(l2, 0.5 / regularity.lipschitz_bound(l2, 5)),
+        InvertibleResidual(dot, 0.2 / regularity.lipschitz_bound(dot, 5, 2.0)),
+    ]
+    network = InvertibleNetwork(layers)
+    assert network._stacked() is None
+    y = network(x)
+    np.testing.assert_allclose(y, layers[1](layers[0](x)), rtol=1e-14)
+    result = network.inverse(y, tol=1e-13)
+    assert result.iterations.shape == (2,) and bool(jnp.all(result.converged))
+    np.testing.assert_allclose(result.x, x, atol=1e-12)

@@ -98,7 +98,7 @@ def parts(key):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("heads", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_kernel_matches_the_naive_formula(parts, name, heads):
     kk, ka, x, weights, queries = parts
     kernel = make_kernel(name, kk)
@@ -342,7 +342,10 @@ def test_rotary_shift_invariance_in_float32(float32, key):
 # ---- through flows, networks, regularity, plots ------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+# one kernel in the default suite, every kernel under -m slow (three solves each)
+@pytest.mark.parametrize(
+    "name", [pytest.param(k, marks=pytest.mark.slow) if k != "rotary" else k for k in NAMES]
+)
 def test_flow_on_the_sphere_and_its_euler_network(key, name):
     kx, kk = jax.random.split(key)
     x0 = P.clouds.sphere_uniform(kx, 8, D)
