@@ -400,3 +400,28 @@ def test_variant_trajectories_plot(key, tmp_path):
         assert (tmp_path / "variants.png").stat().st_size > 1000
     finally:
         plt.close(fig)
+
+
+@pytest.mark.slow
+def test_variants_experiment_at_quick(tmp_path):
+    import json
+
+    import sims
+    from sims._quick import QUICK
+    from sims.experiments.variants import Config
+
+    config = Config(**QUICK["variants"])
+    out = sims.run(config, tmp_path / "v", animation=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    n = config.n
+    assert saved["runs"] == list(Config().kernels)
+    # the energy exists for the dot-product kernel only, and it never decreases
+    assert list(saved["energy"]) == ["dot"]
+    assert np.all(np.diff(saved["energy"]["dot"]) > -1e-5)
+    for name in saved["runs"]:
+        entropy = np.array(saved["series"][f"entropy [{name}]"])
+        assert np.all((entropy >= 0) & (entropy <= np.log(n) + 1e-5))
+        low, high = (np.array(saved["series"][f"entropy_{q} [{name}]"]) for q in ("low", "high"))
+        assert np.all(low <= high) and np.all(low >= 0) and np.all(high <= np.log(n) + 1e-5)
+        assert saved["series"][f"clusters [{name}]"][0] == n  # distinct starting tokens
+    assert (out / "variants.png").stat().st_size > 10_000
