@@ -26,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from particles import __version__ as particles_version
 from particles import io as particles_io
 
 from . import _files, _registry
 
-_PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "numpy", "matplotlib", "particles")
+_PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "numpy", "matplotlib")
 
 RUN_FIELDS = {"experiment": str, "config": dict, "created": str, "versions": dict}
 """The fields of `config.json` by which a directory is recognised as a run of this program."""
@@ -50,6 +51,9 @@ def versions() -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    # the version of the package imported, whatever distribution installed it (the
+    # distribution is attention-particles; an unrelated "particles" exists on PyPI)
+    out["particles"] = particles_version
     return out
 
 
