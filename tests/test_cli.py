@@ -48,6 +48,7 @@ def test_cli_writes_every_file(tmp_path):
     assert config["experiment"] == "sphere-clustering"
     assert config["config"]["n"] == 12 and config["config"]["seed"] == 0
     assert {"jax", "diffrax", "equinox", "numpy"} <= set(config["versions"])
+    assert (config["devices"], config["platform"], config["processes"]) == (1, "cpu", 1)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["ts"]) == 4 and metrics["series"]["clusters"][0] == 12
     with np.load(out / "trajectory.npz") as data:

@@ -32,6 +32,7 @@ PUBLIC = [
     "particles.clouds",
     "particles.closedforms",
     "particles.io",
+    "particles.devices",
     "particles.plot",
     "sims",
 ]
