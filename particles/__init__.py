@@ -11,6 +11,7 @@ from . import attention as attention
 from . import closedforms as closedforms
 from . import clouds as clouds
 from . import devices as devices
+from . import invertible as invertible
 from . import io as io
 from . import meanfield as meanfield
 from . import metrics as metrics
@@ -24,10 +25,16 @@ from ._solve import AbstractSolution as AbstractSolution
 from ._solve import Stats as Stats
 from .attention import L2 as L2
 from .attention import AbstractAttention as AbstractAttention
+from .attention import AbstractFeatureKernel as AbstractFeatureKernel
 from .attention import AbstractKernel as AbstractKernel
 from .attention import AbstractNormalization as AbstractNormalization
+from .attention import AbstractPositionalKernel as AbstractPositionalKernel
+from .attention import Additive as Additive
 from .attention import Attention as Attention
 from .attention import DotProduct as DotProduct
+from .attention import Linear as Linear
+from .attention import Performer as Performer
+from .attention import Rotary as Rotary
 from .attention import Sinkhorn as Sinkhorn
 from .attention import Softmax as Softmax
 from .attention import Unnormalized as Unnormalized

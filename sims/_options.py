@@ -14,18 +14,26 @@ import diffrax
 
 import particles as P
 
-KERNELS: dict[str, Callable[[], P.AbstractKernel]] = {
-    "dot": P.DotProduct,
-    "l2": P.L2,
+# each kernel from (key, d): the variants with random parameters draw them from the key
+KERNELS: dict[str, Callable[..., P.AbstractKernel]] = {
+    "dot": lambda key, d: P.DotProduct(),
+    "l2": lambda key, d: P.L2(),
+    "linear": lambda key, d: P.Linear(),
+    "performer": lambda key, d: P.Performer.random(key, d, 64),
+    "additive": lambda key, d: P.Additive.random(key, d),
+    "rotary": lambda key, d: P.Rotary(),
 }
+RANDOM_KERNELS = ("performer", "additive")
 NORMALIZATIONS: dict[str, Callable[[], P.AbstractNormalization]] = {
     "softmax": P.Softmax,
     "unnormalized": P.Unnormalized,
     "sinkhorn": P.Sinkhorn,
 }
-# the types of config fields that name a kernel, or one of the two normalizations the
-# sphere experiments compare (SA and USA): the command line checks the names against them
-Kernel = Literal[tuple(KERNELS)]
+# the types of config fields that name a kernel with the closed forms of the dot-product
+# and L2 kernels (the Gaussian mean field), any kernel, or one of the two normalizations
+# the sphere experiments compare (SA and USA): the command line checks the names against them
+Kernel = Literal["dot", "l2"]
+AnyKernel = Literal[tuple(KERNELS)]
 Normalization = Literal["softmax", "unnormalized"]
 SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "euler": diffrax.Euler,
@@ -49,9 +57,14 @@ def _lookup(table: dict, name: str, what: str):
     return table[name]()
 
 
-def kernel(name: str) -> P.AbstractKernel:
-    """The kernel called `name` (`dot`, `l2`)."""
-    return _lookup(KERNELS, name, "kernel")
+def kernel(name: str, key=None, d: int | None = None) -> P.AbstractKernel:
+    """The kernel called `name` (`dot`, `l2`, `linear`, `performer`, `additive`, `rotary`);
+    `performer` and `additive` draw their parameters from `key` for tokens of dimension `d`."""
+    if name in RANDOM_KERNELS and (key is None or d is None):
+        raise ValueError(f"kernel {name!r} draws random parameters: give a key and d")
+    if name not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {name!r}")
+    return KERNELS[name](key, d)
 
 
 def normalization(name: str) -> P.AbstractNormalization:

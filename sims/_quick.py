@@ -59,4 +59,5 @@ QUICK: dict[str, dict] = {
         n_min=2, n_max=2, layers=(0,), fit_n_max=2, plateau_n_min=2, max_iters=50
     ),
     "sphere-clustering": dict(n=32, t1=10.0, frames=21),
+    "variants": dict(n=8, t1=6.0, frames=7),
 }

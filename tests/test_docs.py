@@ -23,6 +23,7 @@ PUBLIC = [
     "particles.flows",
     "particles.spaces",
     "particles.networks",
+    "particles.invertible",
     "particles.meanfield",
     "particles.regularity",
     "particles.metrics",

@@ -28,6 +28,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from .._checks import check_cloud, check_positive, check_weights
 from ._kernels import AbstractKernel, DotProduct
 from ._normalizations import AbstractNormalization, Softmax
+from ._positions import with_positions
 from ._reduce import log_weights
 
 __all__ = ["AbstractAttention", "Attention"]
@@ -230,8 +231,9 @@ class Attention(AbstractAttention):
         return self.normalization.rows(
             self.kernel,
             self.beta,
-            queries @ Q.T,
-            context @ K.T,
+            # a positional kernel (rotary) reads each token's index as a last feature
+            with_positions(self.kernel, queries @ Q.T),
+            with_positions(self.kernel, context @ K.T),
             logw,
             values,
             causal=causal,

@@ -54,6 +54,8 @@ from ._regularity import lipschitz_vs_n as lipschitz_vs_n
 from ._regularity import lipschitz_vs_radius as lipschitz_vs_radius
 from ._regularity import wasserstein_separation as wasserstein_separation
 from ._scene import AbstractScene as AbstractScene
+from ._variants import entropy_panel as entropy_panel
+from ._variants import variants_figure as variants_figure
 
 __all__ = [
     "AbstractScene",
@@ -75,6 +77,7 @@ __all__ = [
     "depth_convergence_figure",
     "depth_error_figure",
     "draw_cloud",
+    "entropy_panel",
     "ffmpeg_path",
     "field_vs_wasserstein",
     "final_state",
@@ -97,6 +100,7 @@ __all__ = [
     "stability_figure",
     "step_counts",
     "summary_figure",
+    "variants_figure",
     "velocity_field",
     "wasserstein_separation",
     "write",
