@@ -23,10 +23,14 @@ from ._solve import AbstractSolution as AbstractSolution
 from ._solve import Stats as Stats
 from .attention import L2 as L2
 from .attention import AbstractAttention as AbstractAttention
+from .attention import AbstractEvaluation as AbstractEvaluation
 from .attention import AbstractKernel as AbstractKernel
 from .attention import AbstractNormalization as AbstractNormalization
 from .attention import Attention as Attention
+from .attention import Auto as Auto
+from .attention import Direct as Direct
 from .attention import DotProduct as DotProduct
+from .attention import Expansion as Expansion
 from .attention import Sinkhorn as Sinkhorn
 from .attention import Softmax as Softmax
 from .attention import Unnormalized as Unnormalized

@@ -3,9 +3,15 @@
 - kernels (`AbstractKernel`): `DotProduct`, `L2`;
 - normalizations (`AbstractNormalization`): `Softmax`, `Unnormalized`, `Sinkhorn`;
 - operators (`AbstractAttention`): `Attention`, one or several heads, self and cross;
-- the blocked row reductions they share: `reduce_rows`, `log_weights`.
+- the blocked row reductions they share: `reduce_rows`, `log_weights`;
+- evaluation methods (`AbstractEvaluation`): `Direct`, and the harmonic `Expansion` on the
+  circle and the sphere with `Auto` choosing between them.
 """
 
+from ._expansion import AbstractEvaluation as AbstractEvaluation
+from ._expansion import Auto as Auto
+from ._expansion import Direct as Direct
+from ._expansion import Expansion as Expansion
 from ._kernels import L2 as L2
 from ._kernels import AbstractKernel as AbstractKernel
 from ._kernels import DotProduct as DotProduct
@@ -20,10 +26,14 @@ from ._reduce import reduce_rows as reduce_rows
 
 __all__ = [
     "AbstractAttention",
+    "AbstractEvaluation",
     "AbstractKernel",
     "AbstractNormalization",
     "Attention",
+    "Auto",
+    "Direct",
     "DotProduct",
+    "Expansion",
     "L2",
     "Sinkhorn",
     "Softmax",
