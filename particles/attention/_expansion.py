@@ -70,6 +70,9 @@ __all__ = ["AbstractEvaluation", "Auto", "Direct", "Expansion"]
 
 # Tokens per block of harmonics: about this many feature values at once (16 MiB of float32).
 _BLOCK_VALUES = 1 << 22
+# Tokens per block of causal attention: the query's own block is summed directly (B^2 kernel
+# values per block, n B in all), the earlier blocks through their prefix moments.
+_CAUSAL_BLOCK = 256
 # Cost model of `Auto`, in units of one kernel value of the direct sum (exp and a few
 # fused multiply-adds): one harmonic of one token costs about this many (its recurrence
 # step, its product with the moments), measured on a 2-core CPU with
@@ -199,7 +202,7 @@ class Auto(AbstractEvaluation):
         direct = nq * nk / (2 if causal else 1)
         expansion = _HARMONIC_COST * (nq + nk) * size * (1 + width / 4)
         if causal:
-            expansion += nq * _block(block, size)
+            expansion += nq * min(_block(block, size), _CAUSAL_BLOCK)
         if expansion < direct:
             return Expansion(self.tol, self.order, self.start)
         return Direct()
@@ -354,7 +357,10 @@ def _expand(ev, kernel, normalization, beta, Q, K, queries, context, logw, value
     vals = values.astype(dtype)
     if softmax:
         vals = jnp.concatenate([vals, jnp.ones((nk, 1), dtype)], axis=1)
-    bsz = _block(block, size)
+    # the block never exceeds the cloud; causal blocks are also summed directly (B^2 each)
+    bsz = min(_block(block, size), max(nq, nk))
+    if causal and block is None:
+        bsz = min(bsz, _CAUSAL_BLOCK)
 
     def moments(blk):
         unit, weight, v = blk
@@ -381,8 +387,8 @@ def _expand(ev, kernel, normalization, beta, Q, K, queries, context, logw, value
             idx = jnp.arange(bsz)
             s = jnp.where(idx[None, :] <= idx[:, None], s, -jnp.inf)
             near = jnp.exp(s) @ vb
-            mass = mass + jnp.cumsum(ub)
-            return far + near, tail, mass
+            # only the earlier blocks' mass is expanded; the block itself is exact
+            return far + near, tail, jnp.broadcast_to(mass, ub.shape)
 
         blk = (
             _blocks(q_unit, bsz),
