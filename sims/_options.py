@@ -23,10 +23,16 @@ NORMALIZATIONS: dict[str, Callable[[], P.AbstractNormalization]] = {
     "unnormalized": P.Unnormalized,
     "sinkhorn": P.Sinkhorn,
 }
+EVALUATIONS: dict[str, Callable[[], P.AbstractEvaluation]] = {
+    "direct": P.Direct,
+    "expansion": P.Expansion,
+    "auto": P.Auto,
+}
 # the types of config fields that name a kernel, or one of the two normalizations the
 # sphere experiments compare (SA and USA): the command line checks the names against them
 Kernel = Literal[tuple(KERNELS)]
 Normalization = Literal["softmax", "unnormalized"]
+Evaluation = Literal[tuple(EVALUATIONS)]
 SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "euler": diffrax.Euler,
     "heun": diffrax.Heun,
@@ -57,6 +63,11 @@ def kernel(name: str) -> P.AbstractKernel:
 def normalization(name: str) -> P.AbstractNormalization:
     """The normalization called `name` (`softmax`, `unnormalized`, `sinkhorn`)."""
     return _lookup(NORMALIZATIONS, name, "normalization")
+
+
+def evaluation(name: str) -> P.AbstractEvaluation:
+    """How attention sums over keys (`direct`, `expansion`, `auto`; tolerance 1e-6)."""
+    return _lookup(EVALUATIONS, name, "evaluation")
 
 
 def solver(name: str) -> diffrax.AbstractSolver:
