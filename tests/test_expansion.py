@@ -28,6 +28,11 @@ def _field(attention, x, w=None):
 
 
 @eqx.filter_jit
+def _cross(attention, queries, context):
+    return attention.cross(queries, context)
+
+
+@eqx.filter_jit
 def _estimate(attention, x, w=None):
     return attention.error_estimate(x, w)
 
@@ -53,7 +58,8 @@ def test_harmonics_satisfy_the_addition_theorem(key):
     x = jnp.concatenate([_cloud(key, 6, 3), jnp.array([[0.0, 0, 1], [0, 0, -1]])])
     y = _cloud(jax.random.fold_in(key, 1), 5, 3)
     order = 20
-    fx, fy = H.Sphere2.features(x, order), H.Sphere2.features(y, order)
+    features = jax.jit(H.Sphere2.features, static_argnums=1)
+    fx, fy = np.asarray(features(x, order)), np.asarray(features(y, order))
     deg = H.Sphere2.degrees(order)
     assert fx.shape == (8, (order + 1) ** 2)
     for l in range(order + 1):  # noqa: E741
@@ -177,17 +183,16 @@ def test_a_posteriori_estimate_bounds_the_error(key, normalization, causal):
 
 def test_general_q_k_multihead_and_l2_on_the_sphere(key):
     kq, kx, kc = jax.random.split(key, 3)
-    x = _cloud(kx, 256, 3)
+    x = _cloud(kx, 128, 3)
     # d_k = 5 > d = 3: features K^T Q x and y (the change of variables)
     for kernel in (P.DotProduct(), P.L2()):
         direct = P.Attention.random(kq, 3, heads=2, d_k=5, beta=6.0, kernel=kernel)
-        fast = eqx.tree_at(lambda a: a.evaluation, direct, P.Expansion(1e-14, order=None))
         fast = P.Attention(
             direct.Q, direct.K, direct.V, 6.0, kernel=kernel, evaluation=P.Expansion(1e-14)
         )
-        assert _rel(fast(x), direct(x)) < 1e-10
+        assert _rel(_field(fast, x), _field(direct, x)) < 1e-10
         ctx = _cloud(kc, 180, 3)
-        assert _rel(fast.cross(x, ctx), direct.cross(x, ctx)) < 1e-10
+        assert _rel(_cross(fast, x, ctx), _cross(direct, x, ctx)) < 1e-10
     # d_k = 2 < d = 3 with K an isometry onto the plane: key features on a circle
     Q = jax.random.normal(kq, (2, 3))
     K = jnp.eye(3)[:2] * 1.5
@@ -196,7 +201,7 @@ def test_general_q_k_multihead_and_l2_on_the_sphere(key):
     direct = P.Attention(Q, K, jnp.eye(3), 2.0)
     fast = P.Attention(Q, K, jnp.eye(3), 2.0, evaluation=P.Expansion(1e-14))
     assert _feature_dim(fast.Q) == 2
-    assert _rel(fast(xs), direct(xs)) < 1e-10
+    assert _rel(_field(fast, xs), _field(direct, xs)) < 1e-10
 
 
 def test_jit_vmap_and_grad_agree_with_direct(key):
