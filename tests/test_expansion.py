@@ -285,3 +285,13 @@ def test_bad_options_raise_clear_errors():
         )
     )(jnp.array([1.0, 2.0]))
     assert out.shape == (2, 32, 3)
+
+
+def test_command_line_names_map_to_evaluations():
+    from sims import _options
+
+    assert _options.evaluation("direct") == P.Direct()
+    assert _options.evaluation("expansion") == P.Expansion(1e-6)
+    assert _options.evaluation("auto") == P.Auto(1e-6)
+    with pytest.raises(ValueError, match="evaluation must be one of direct, expansion, auto"):
+        _options.evaluation("fmm")
