@@ -68,7 +68,7 @@ solution = mf.gaussian_flow(attention, m0, S0, ts)
 flow = P.AttentionFlow(attention)
 x0 = P.clouds.gaussian(jax.random.fold_in(key, 1), 128 if SMALL else 2048, m0, S0)
 trajectory = P.simulate(flow, x0, ts, solver=diffrax.Bosh3(), rtol=1e-5, atol=1e-5)
-plot.gaussian_snapshots(ts, trajectory.xs, solution.means, solution.covs, indices=[0, 10, 20])
+fig = plot.gaussian_snapshots(ts, trajectory.xs, solution.means, solution.covs, indices=[0, 10, 20])
 
 # %% [markdown]
 # ### Blow-up
@@ -153,7 +153,7 @@ errors = {
 }
 slopes = {k: M.fit_power_law(ns, v) for k, v in errors.items()}
 print({k: round(v[0], 3) for k, v in slopes.items()})
-plot.sample_convergence_figure(ns, errors, slopes, ylabel="RMS error at t = 1")
+fig = plot.sample_convergence_figure(ns, errors, slopes, ylabel="RMS error at t = 1")
 
 # %% [markdown]
 # ## 3. Stability in Wasserstein distance
@@ -165,7 +165,9 @@ xa = P.clouds.gaussian(jax.random.fold_in(key, 2), 32 if SMALL else 256, m0, S0)
 xb = xa + 1e-3 * jax.random.normal(jax.random.fold_in(key, 3), xa.shape)
 stab = S.stability(flow, xa, xb, jnp.linspace(0.0, 1.0, 4 if SMALL else 11))
 print("W2(t) / W2(0):", np.asarray(stab.ratio).round(4), " fitted L =", round(float(stab.rate), 4))
-plot.stability_figure(stab.ts, stab.ratio, stab.bound / stab.coupling[0], rate=float(stab.rate))
+fig = plot.stability_figure(
+    stab.ts, stab.ratio, stab.bound / stab.coupling[0], rate=float(stab.rate)
+)
 
 # %% [markdown]
 # ## 4. The circle: Eulerian density against particles
@@ -191,7 +193,7 @@ print(
         for a, r in zip(angles, eulerian.densities, strict=True)
     ],
 )
-plot.density_snapshots(cts, theta, eulerian.densities, angles, indices=[0, 2, 4])
+fig = plot.density_snapshots(cts, theta, eulerian.densities, angles, indices=[0, 2, 4])
 
 # %% [markdown]
 # ## 5. Causal attention
@@ -211,6 +213,6 @@ cns = [8, 16] if SMALL else [16, 32, 64, 128, 256]
 cerr = S.causal_convergence(causal, profile, cns, 8 * cns[-1], jnp.array([0.0, 1.0]))[:, -1]
 cslope = M.fit_power_law(cns, cerr)
 print("causal errors:", np.asarray(cerr).round(5), " slope", round(cslope[0], 3))
-plot.sample_convergence_figure(
+fig = plot.sample_convergence_figure(
     cns, {"causal": cerr}, {"causal": cslope}, reference_slope=-1.0, xlabel="sequence length n"
 )

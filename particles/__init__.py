@@ -10,6 +10,7 @@ is in `docs/theory.md`; the README has a quickstart.
 from . import attention as attention
 from . import closedforms as closedforms
 from . import clouds as clouds
+from . import devices as devices
 from . import io as io
 from . import meanfield as meanfield
 from . import metrics as metrics

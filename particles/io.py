@@ -26,7 +26,19 @@ import numpy as np
 from ._simulate import Trajectory
 from ._solve import Stats
 
+__all__ = [
+    "TRAJECTORY_FILE",
+    "load_arrays",
+    "load_run",
+    "load_trajectory",
+    "read_json",
+    "save_run",
+    "save_trajectory",
+    "write_json",
+]
+
 TRAJECTORY_FILE = "trajectory.npz"
+"""The file name of a run's trajectory inside its run directory."""
 
 _RESULTS = {
     int(getattr(diffrax.RESULTS, name)._value): name
@@ -82,6 +94,8 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def read_json(path: str | Path) -> dict:
+    """Read a JSON file written by `write_json`. A missing file is a `FileNotFoundError`, an
+    unreadable or malformed one a `ValueError`, each naming the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text())

@@ -17,3 +17,13 @@ from ._registry import list_experiments as list_experiments
 from ._run import RunError as RunError
 from ._run import run as run
 from ._run import runs_root as runs_root
+
+__all__ = [
+    "DEFAULT",
+    "RunError",
+    "experiment",
+    "get",
+    "list_experiments",
+    "run",
+    "runs_root",
+]

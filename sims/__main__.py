@@ -102,6 +102,20 @@ def _pair(sep: str, kind, example: str):
     return parse
 
 
+def _devices(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive int or 'all', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or 'all'; got {text}")
+    return value
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="run directory (default: runs/NAME-TIMESTAMP)"
@@ -117,6 +131,24 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--quick",
         action="store_true",
         help="small sizes that finish in under 30 s on 2 CPU cores (other flags still apply)",
+    )
+    parser.add_argument(
+        "--devices",
+        type=_devices,
+        metavar="N|all",
+        help="split ensembles and large clouds over N devices (default: all JAX sees)",
+    )
+    parser.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="join a multi-process run whose process 0 listens here (SLURM's srun is "
+        "detected without it)",
+    )
+    parser.add_argument(
+        "--num-processes", type=_positive(int), metavar="N", help="processes of the run"
+    )
+    parser.add_argument(
+        "--process-id", type=_nonnegative_int, metavar="I", help="this process's index"
     )
 
 
@@ -282,7 +314,10 @@ def parse_config(name: str, args: list[str], quick: bool = False):
                 "  --gif           write the animation as GIF instead of MP4\n"
                 "  --no-animation  skip the animation\n"
                 "  --quick         small sizes, under 30 s on 2 CPU cores (with --quick, --help\n"
-                "                  shows the quick defaults)"
+                "                  shows the quick defaults)\n"
+                "  --devices N|all split ensembles and large clouds over N devices (default: all)\n"
+                "  --coordinator HOST:PORT --num-processes N --process-id I\n"
+                "                  join a multi-process run (SLURM's srun needs none of these)"
             )
             if any("solver" in f.name for f in _fields(exp.config)):
                 print(f"\nsolvers: {', '.join(solver_names())}")
@@ -312,6 +347,7 @@ def run_command(name: str, args: list[str], options: argparse.Namespace, typed: 
     for key, value in vars(later).items():
         if value not in (None, False):
             setattr(options, key, value)
+    processes = _join(options)
     config = parse_config(name, params, quick=options.quick)
     try:
         out = sims.run(
@@ -319,11 +355,14 @@ def run_command(name: str, args: list[str], options: argparse.Namespace, typed: 
             options.out,
             overwrite=options.overwrite,
             command=typed,
+            devices=options.devices or "all",
             gif=options.gif,
             animation=not options.no_animation,
         )
     except sims.RunError as e:
         raise UsageError(str(e)) from None
+    if processes > 1 and _process_index() != 0:
+        return out  # process 0 wrote the run and reports it
     print(f"\nrun directory: {out}")
     for path in sorted(out.iterdir()):
         print(f"  {path.name:<24} {path.stat().st_size / 1024:>9.1f} KiB")
@@ -333,6 +372,30 @@ def run_command(name: str, args: list[str], options: argparse.Namespace, typed: 
         for line in lines:
             print(f"  {line}")
     return out
+
+
+def _join(options: argparse.Namespace) -> int:
+    """Join a multi-process run (explicit coordinator, or SLURM's srun) before anything
+    touches a device; return the process count."""
+    from particles import devices
+
+    try:
+        return devices.initialize(
+            options.coordinator,
+            num_processes=options.num_processes,
+            process_id=options.process_id,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except RuntimeError as e:  # the coordinator cannot be reached, or times out
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot join the multi-process run: {first}") from None
+
+
+def _process_index() -> int:
+    from particles import devices
+
+    return devices.process_index()
 
 
 def replay_command(command: str, opts: argparse.Namespace) -> list[Path]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT = "sphere-clustering"
+"""The experiment `python -m sims` runs when no command is given."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,8 @@ def list_experiments() -> dict[str, Experiment]:
 
 
 def get(name: str) -> Experiment:
+    """The experiment called `name`; an unknown name is a `KeyError` suggesting the closest
+    one."""
     table = list_experiments()
     if name not in table:
         close = difflib.get_close_matches(name, table, n=1, cutoff=0.5)

@@ -26,11 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from particles import __version__ as particles_version
+from particles import devices as particles_devices
 from particles import io as particles_io
 
 from . import _files, _registry
 
-_PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "numpy", "matplotlib", "particles")
+_PACKAGES = ("jax", "jaxlib", "diffrax", "equinox", "numpy", "matplotlib")
 
 RUN_FIELDS = {"experiment": str, "config": dict, "created": str, "versions": dict}
 """The fields of `config.json` by which a directory is recognised as a run of this program."""
@@ -50,6 +52,9 @@ def versions() -> dict[str, str]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
+    # the version of the package imported, whatever distribution installed it (the
+    # distribution is attention-particles; an unrelated "particles" exists on PyPI)
+    out["particles"] = particles_version
     return out
 
 
@@ -182,6 +187,7 @@ def run(
     *,
     overwrite: bool = False,
     command: str | None = None,
+    devices: int | str = "all",
     **options,
 ) -> Path:
     """Run the experiment whose config this is and return its run directory.
@@ -193,7 +199,14 @@ def run(
             else: see the module docstring).
         command: the command line as typed, recorded in `config.json` (the command line
             passes it; from Python the call itself is recorded).
+        devices: how many devices the experiment's ensembles and large clouds are split
+            over: `"all"` (every device JAX sees, of every process) or a count (see
+            `particles.devices`); recorded in `config.json` with the platform.
         options: passed on to the experiment function (e.g. `gif=True`).
+
+    With several processes (`particles.devices.initialize`), every process calls `run`: all
+    compute their share, and process 0 alone writes the run directory (the others compute
+    into a private temporary directory that is removed).
 
     Raises:
         RunError: `out` cannot be written or replaced (before any computation), or writing
@@ -201,22 +214,37 @@ def run(
     """
     exp = _registry.for_config(config)
     out = Path(out) if out is not None else default_directory(exp.name)
+    try:
+        used = particles_devices.count(devices)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     check_target(out, overwrite)
+    # process 0 writes the run; any other computes its share of every sharded computation
+    # (each needs every process) into a private temporary directory, then removes it
+    lead = particles_devices.process_index() == 0
+    if not lead:
+        options = {**options, "animation": False}
     record = {
         "experiment": exp.name,
         "config": dataclasses.asdict(config),
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": command if command is not None else f"sims.run({config!r})",
         "versions": versions(),
+        "devices": used,
+        "platform": particles_devices.platform(),
+        "processes": particles_devices.process_count(),
     }
     with _files.signals_raise():
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(
-                tempfile.mkdtemp(
-                    prefix=f".{out.name}.", suffix=_files.PARTIAL_SUFFIX, dir=out.parent
+            if lead:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(
+                    tempfile.mkdtemp(
+                        prefix=f".{out.name}.", suffix=_files.PARTIAL_SUFFIX, dir=out.parent
+                    )
                 )
-            )
+            else:
+                tmp = Path(tempfile.mkdtemp(prefix="particles-share."))
         except OSError as e:
             raise RunError(f"cannot write run directory {out}: {e.strerror}") from None
         try:
@@ -225,8 +253,11 @@ def run(
             )
             particles_io.write_json(tmp / "config.json", record)
             start = time.perf_counter()
-            exp.run(config, tmp, **options)
+            with particles_devices.use(devices):
+                exp.run(config, tmp, **options)
             record["wall_seconds"] = round(time.perf_counter() - start, 3)
+            if not lead:
+                return out
             particles_io.write_json(tmp / "config.json", record)
             for path in sorted(tmp.iterdir()):  # figures and videos written by the experiment
                 problem = _files.media_problem(path) if path.is_file() else None

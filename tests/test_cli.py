@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _runs
 import numpy as np
 import pytest
 
@@ -14,7 +15,7 @@ import sims
 from sims.__main__ import main
 from sims.experiments.sphere_clustering import Config
 
-SMALL = ["--n", "12", "--t1", "2", "--frames", "4"]
+SMALL = _runs.SMALL
 
 
 def _error_line(capsys):
@@ -33,15 +34,7 @@ def test_cli_writes_every_file(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    names = {p.name for p in out.iterdir()}
-    assert names == {
-        "config.json",
-        "metrics.json",
-        "trajectory.npz",
-        "figure.png",
-        "final_state.png",
-        "animation.mp4",
-    }
+    assert {p.name for p in out.iterdir()} == _runs.RUN_FILES
     assert f"run directory: {out}" in proc.stdout
     # the run ends with its headline numbers, read from metrics.json
     summary = proc.stdout.split("sphere-clustering: results (metrics.json)\n", 1)[1]
@@ -55,6 +48,7 @@ def test_cli_writes_every_file(tmp_path):
     assert config["experiment"] == "sphere-clustering"
     assert config["config"]["n"] == 12 and config["config"]["seed"] == 0
     assert {"jax", "diffrax", "equinox", "numpy"} <= set(config["versions"])
+    assert (config["devices"], config["platform"], config["processes"]) == (1, "cpu", 1)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["ts"]) == 4 and metrics["series"]["clusters"][0] == 12
     with np.load(out / "trajectory.npz") as data:
@@ -317,18 +311,7 @@ def test_runs_and_redraws_get_ordinary_modes(tmp_path, mask, dirs, files):
         os.umask(old)
     assert out.stat().st_mode & 0o777 == dirs
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
-    assert modes == dict.fromkeys(
-        [
-            "config.json",
-            "metrics.json",
-            "trajectory.npz",
-            "figure.png",
-            "final_state.png",
-            "animation.mp4",
-            "again.mp4",
-        ],
-        files,
-    )
+    assert modes == dict.fromkeys([*_runs.RUN_FILES, "again.mp4"], files)
 
 
 def test_runs_go_to_the_checkout_runs_folder(tmp_path, monkeypatch):

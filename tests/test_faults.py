@@ -27,6 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import _runs
 import numpy as np
 import pytest
 
@@ -36,15 +37,8 @@ from sims import _files
 from sims.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = ["--n", "12", "--t1", "2", "--frames", "4", "--fps", "4"]
-RUN_FILES = {
-    "config.json",
-    "metrics.json",
-    "trajectory.npz",
-    "figure.png",
-    "final_state.png",
-    "animation.mp4",
-}
+SMALL = [*_runs.SMALL, "--fps", "4"]
+RUN_FILES = _runs.RUN_FILES
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 

@@ -569,20 +569,8 @@ def test_fit_power_law_recovers_a_power_and_rejects_bad_data():
 def test_mean_field_experiment_writes_its_files(tmp_path):
     import sims
     from particles.io import read_json
-    from sims.experiments.mean_field import GaussianConfig
 
-    config = GaussianConfig(
-        frames=5,
-        min_log2_n=4,
-        max_log2_n=5,
-        seeds=2,
-        reference=256,
-        exact_reference=128,
-        exact_max_n=32,
-        animation_n=32,
-        stability_n=8,
-        causal_max_log2_n=5,
-    )
+    config = sims.list_experiments()["mean-field"].quick()
     out = sims.run(config, tmp_path / "run", animation=False)
     for name in (
         "metrics.json",

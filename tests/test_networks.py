@@ -77,20 +77,8 @@ def _order_slope(name):
     return slope, order, errors
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "residual",
-        "heun",
-        "rk4",
-        "post-norm",
-        "projected-post-norm",
-        "pre-norm",
-        "lie-trotter",
-        "strang-euler",
-        "strang",
-    ],
-)
+# every scheme but the per-layer network, whose flow is the layered one (tested below)
+@pytest.mark.parametrize("name", [v for v in studies.VARIANTS if v != "per-layer"])
 def test_convergence_order_of_each_network(name):
     # Error at T against a dopri8 solve at rtol = atol = 1e-12; the slope of the log-log fit
     # is -order: 1 for Euler layers with or without normalisation and for Lie-Trotter and
@@ -336,19 +324,9 @@ def test_bad_network_options_are_errors():
 
 
 def _smoke_config(**overrides):
-    from sims.experiments.deep_limit import Config
+    import sims
 
-    small = dict(
-        n=6,
-        variants=("residual",),
-        min_depth=8,
-        max_depth=32,
-        depth_for_profile=8,
-        collapse_depths=(8, 16),
-        shallow_depth=8,
-        animated="residual",
-    )
-    return Config(**{**small, **overrides})
+    return sims.list_experiments()["deep-limit"].quick(**overrides)
 
 
 def test_deep_limit_experiment_writes_errors_slopes_and_figures(tmp_path):

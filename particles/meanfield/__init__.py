@@ -23,6 +23,7 @@ Wasserstein stability, causal convergence) are in `particles.studies`, rate fits
 the exact facts the tests check are in `docs/theory.md`, section 4.
 """
 
+from . import _causal, _circle, _gaussian, _sampling
 from ._causal import causal_error as causal_error
 from ._causal import causal_positions as causal_positions
 from ._causal import causal_tokens as causal_tokens
@@ -43,24 +44,4 @@ from ._sampling import mixture as mixture
 from ._sampling import moments as moments
 from ._sampling import resample as resample
 
-__all__ = [
-    "CircleSolution",
-    "GaussianSolution",
-    "LIMITERS",
-    "affine_field",
-    "causal_error",
-    "causal_positions",
-    "causal_tokens",
-    "circle_angles",
-    "circle_density",
-    "circle_flow",
-    "circle_grid",
-    "circle_points",
-    "circle_sample",
-    "circle_velocity",
-    "gaussian_flow",
-    "gaussian_mixture",
-    "mixture",
-    "moments",
-    "resample",
-]
+__all__ = sorted([*_causal.__all__, *_circle.__all__, *_gaussian.__all__, *_sampling.__all__])

@@ -46,6 +46,7 @@ _TWO_PI = 2 * math.pi
 
 
 LIMITERS = ("vanleer", "minmod", "upwind")
+"""The slope limiters of the circle's finite-volume scheme (`circle_flow(limiter=...)`)."""
 
 
 def _check_cells(cells):

@@ -34,9 +34,9 @@ __all__ = [
     "velocity_map",
 ]
 
-# What the Lipschitz functions accept: an attention operator, a flow, or any function of the
-# cloud (see `velocity_map`).
 Model = AbstractAttention | AttentionFlow | Callable
+"""What the Lipschitz functions accept: an attention operator, a flow, or any function of
+the cloud (see `velocity_map`)."""
 
 
 def velocity_map(
@@ -129,6 +129,7 @@ def _check_iteration_options(tol, max_iters):
 
 
 METHODS = ("lobpcg", "power")
+"""The eigensolvers of `lipschitz`: LOBPCG or power iteration on $DF^T DF$."""
 
 
 def lipschitz(

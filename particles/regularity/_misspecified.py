@@ -52,6 +52,8 @@ def field_gap(
 
 
 MISSPECIFICATIONS = ("noise", "drop", "duplicate")
+"""The kinds of mis-specified input `misspecify` makes: Gaussian noise, dropped tokens
+(weight zero), duplicated tokens (weight doubled)."""
 
 
 def misspecify(

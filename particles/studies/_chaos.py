@@ -26,6 +26,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from .. import clouds
 from .._simulate import simulate
 from ..attention import Attention
+from ..devices import Devices, ensemble
 from ..flows import AttentionFlow
 from ..meanfield import GaussianSolution, gaussian_flow, moments
 
@@ -97,6 +98,7 @@ def propagation_of_chaos(
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
     rtol: float = 1e-6,
     atol: float = 1e-6,
+    devices: Devices = None,
 ) -> ChaosStudy:
     r"""Sample $n$ particles from $N(m_0, S_0)$, simulate, and measure the distance to the limit.
 
@@ -132,6 +134,8 @@ def propagation_of_chaos(
             points against 4096 on two CPU cores), and the largest $n$ it is computed for
             (0: never).
         solver, rtol, atol: particle solver options (`simulate`).
+        devices: split the seeds of each $n$ over devices (`particles.devices`); `None` is
+            the default of `particles.devices.use` (one device outside it).
 
     Returns:
         A `ChaosStudy`.
@@ -181,7 +185,11 @@ def propagation_of_chaos(
         # the solution and reference are arguments, not closed-over constants, so that
         # nothing concrete is re-traced inside jit
         batch = eqx.filter_jit(eqx.filter_vmap(one, in_axes=(0, None, None, None)))
-        rows.append(batch(keys, n, solution, ref))
+
+        def seeds_of(keys, solution, ref, n=n, batch=batch):
+            return batch(keys, n, solution, ref)
+
+        rows.append(ensemble(seeds_of, devices, in_axes=(0, None, None))(keys, solution, ref))
     me, ce, cp, sw, ex = (jnp.stack(a) for a in zip(*rows, strict=True))
     return ChaosStudy(
         ns=jnp.asarray(ns),

@@ -151,6 +151,9 @@ VARIANTS = (
     "heun",
     "rk4",
 )
+"""The networks of the depth study (`variant(name, ...)`): the schemes of
+`ResidualNetwork` on attention alone, with normalisation, with a feed-forward block, and with
+per-layer weights."""
 
 
 def variant(

@@ -12,6 +12,8 @@ starts, for every $\beta$ of a grid, in one vmapped diffrax solve.
 
 from __future__ import annotations
 
+import functools
+
 import diffrax
 import equinox as eqx
 import jax
@@ -23,6 +25,7 @@ from .._checks import check_supported, is_concrete
 from .._simulate import simulate
 from ..attention import AbstractNormalization, Attention, Softmax, Unnormalized
 from ..clouds import sphere_uniform
+from ..devices import Devices, ensemble
 from ..flows import AttentionFlow
 from ..metrics import min_inner_product, over_time
 from ..spaces import Sphere
@@ -79,6 +82,7 @@ def phase_diagram(
     atol: float = 1e-6,
     max_steps: int = 100_000,
     starts: Float[Array, "R n d"] | None = None,
+    devices: Devices = None,
 ) -> PhaseDiagram:
     r"""Simulate `runs` clouds uniform on $S^{d-1}$ for every $\beta$, in one vmapped solve.
 
@@ -100,6 +104,8 @@ def phase_diagram(
         starts: given starting clouds `(R, n, d)` on the sphere, used instead of drawing
             them from `key` (then `n`, `d` and `runs` are read from its shape); e.g. the same
             starts in float32 and float64 for a precision study.
+        devices: split the starts over devices (`particles.devices`: `"all"`, a count, a
+            mesh); `None` is the default of `particles.devices.use` (one device outside it).
 
     Cost: members keep their own adaptive step sizes (a member equals the same run done
     alone, step count included), but the batched loop runs until its slowest member is
@@ -138,15 +144,17 @@ def phase_diagram(
         if x0.ndim != 3:
             raise ValueError(f"starts must have shape (runs, n, d); got {x0.shape}")
     x0 = x0.astype(ts.dtype)
-    final, min_inner, steps, result = _phase_diagram(
-        betas.astype(ts.dtype),
-        ts,
-        x0,
+    solve = functools.partial(
+        _phase_diagram,
         normalization=normalization,
         solver=solver,
         rtol=rtol,
         atol=atol,
         max_steps=max_steps,
+    )
+    # each device solves every beta for its block of starts (axis 1 of the outputs)
+    final, min_inner, steps, result = ensemble(solve, devices, in_axes=(None, None, 0), out_axes=1)(
+        betas.astype(ts.dtype), ts, x0
     )
     if is_concrete(result) and bool(jnp.any(result != 0)):
         failed = int(jnp.sum(result != 0))

@@ -18,6 +18,7 @@ from jaxtyping import Array, Float
 
 from .._checks import check_cloud
 from .._simulate import simulate
+from ..devices import Devices, ensemble, resolve
 from ..flows import AttentionFlow
 from ._chaos import coupling_distance
 
@@ -65,6 +66,7 @@ def stability(
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
     rtol: float = 1e-8,
     atol: float = 1e-8,
+    devices: Devices = None,
 ) -> StabilityStudy:
     r"""Measure how the Wasserstein distance between two clouds grows along the flow.
 
@@ -78,6 +80,8 @@ def stability(
         x0, y0: clouds of the same shape `(n, d)` (e.g. `y0 = x0 +` a perturbation of size
             `delta`); a dense $nd \times nd$ Jacobian is formed, so keep $n d \lesssim 2000$.
         ts: save times; solver, rtol, atol: `simulate` options.
+        devices: split the Jacobians of the saved times over devices (`particles.devices`);
+            `None` is the default of `particles.devices.use` (one device outside it).
     """
     from ..wasserstein import w2
 
@@ -97,7 +101,10 @@ def stability(
         J = jax.jacfwd(field)(x.reshape(-1))
         return jnp.linalg.eigvalsh((J + J.T) / 2)[-1]
 
-    lam = jnp.stack([log_norm(t, x) for t, x in zip(ts, xs, strict=True)])
+    if resolve(devices) is None:
+        lam = jnp.stack([log_norm(t, x) for t, x in zip(ts, xs, strict=True)])
+    else:  # one dense Jacobian per saved time: the times are the ensemble
+        lam = ensemble(jax.vmap(log_norm), devices)(ts, xs)
     integral = jnp.concatenate(
         [jnp.zeros(1, lam.dtype), jnp.cumsum(jnp.diff(ts) * (lam[1:] + lam[:-1]) / 2)]
     )

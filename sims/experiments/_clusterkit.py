@@ -16,6 +16,8 @@ import numpy as np
 import particles as P
 from particles import metrics
 
+from .. import _replay
+
 
 def tracked_labels(xs, tol: float) -> np.ndarray:
     """Cluster labels that follow clusters over time, for a stack of trajectories (k, T, n, d)."""
@@ -112,4 +114,49 @@ def load(directory: Path) -> dict:
         labels=[
             arrays[g.replace("xs", "labels")] for g in groups if g.replace("xs", "labels") in arrays
         ],
+    )
+
+
+def animate(
+    directory: Path,
+    r: dict,
+    pick: list[int],
+    shown: dict[str, str],
+    *,
+    title: str,
+    gif: bool,
+    progress: bool,
+    options: dict,
+    colors: list | None = None,
+    **style,
+) -> list[Path]:
+    """Write the run's animation: runs `pick` of `group` side by side, coloured by their
+    tracked clusters (or by `colors`), with the series `shown` `{label: metric}` below.
+
+    `r` is what `load(directory)` read; `pick` indexes the runs of every group in order, and
+    the runs it picks belong to one group (clouds of one shape); `options` are the user's
+    animation options, which win over the run's `fps`."""
+    from particles import plot
+
+    ends = np.cumsum([len(xs) for xs in r["xs"]])
+    group = int(np.searchsorted(ends, pick[0], side="right"))
+    first = int(ends[group] - len(r["xs"][group]))
+    local = [j - first for j in pick]
+    if colors is None:
+        style = dict(clusters=[r["labels"][group][j] for j in local], singletons="0.65", **style)
+    else:
+        style = dict(colors=colors, **style)
+    return _replay.write_animation(
+        directory,
+        plot.animate,
+        r["ts"],
+        [r["xs"][group][j] for j in local],
+        gif=gif,
+        fps=r["config"]["fps"],
+        options=options,
+        labels=[r["names"][j] for j in pick],
+        metrics={label: r["series"][metric][pick] for label, metric in shown.items()},
+        title=title,
+        progress=progress,
+        **style,
     )

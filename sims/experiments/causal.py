@@ -150,20 +150,19 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
 @animations("causal")
 def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
     """`animation.mp4` (or `.gif`): every beta side by side, token 0 in black."""
-    from particles import plot
-
     r = _clusterkit.load(directory)
-    return _replay.write_animation(
+    every = list(range(len(r["names"])))
+    shown = {"alignment with token 0": "alignment with token 0"}
+    colors = _colors(r["labels"][0])
+    title = _title(r["config"])
+    return _clusterkit.animate(
         directory,
-        plot.animate,
-        r["ts"],
-        list(r["xs"][0]),
+        r,
+        every,
+        shown,
+        title=title,
         gif=gif,
-        fps=r["config"]["fps"],
-        options=options,
-        labels=r["names"],
-        colors=_colors(r["labels"][0]),
-        metrics={"alignment with token 0": r["series"]["alignment with token 0"]},
-        title=_title(r["config"]),
         progress=progress,
+        options=options,
+        colors=colors,
     )

@@ -154,27 +154,12 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
 def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
     """`animation.mp4` (or `.gif`): SA and USA at the middle beta, and the first random
     draw, side by side."""
-    from particles import plot
-
     r = _clusterkit.load(directory)
-    config, names, xs, labels = r["config"], r["names"], r["xs"][0], r["labels"][0]
+    config = r["config"]
     k = len(config["betas"])
     pick = [k // 2, k + k // 2] + ([2 * k] if config["random_qkv"] else [])
-    return _replay.write_animation(
-        directory,
-        plot.animate,
-        r["ts"],
-        [xs[j] for j in pick],
-        gif=gif,
-        fps=config["fps"],
-        options=options,
-        labels=[names[j] for j in pick],
-        clusters=[labels[j] for j in pick],
-        singletons="0.65",
-        metrics={
-            "clusters": r["series"]["clusters"][pick],
-            "effective rank": r["series"]["effective_rank"][pick],
-        },
-        title=_title(config),
-        progress=progress,
+    shown = {"clusters": "clusters", "effective rank": "effective_rank"}
+    title = _title(config)
+    return _clusterkit.animate(
+        directory, r, pick, shown, title=title, gif=gif, progress=progress, options=options
     )

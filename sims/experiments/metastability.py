@@ -167,28 +167,20 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
 @animations("metastability")
 def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
     """`animation.mp4` (or `.gif`): every beta on the last sphere of `dims`, side by side."""
-    from particles import plot
-
     r = _clusterkit.load(directory)
-    config, names, series = r["config"], r["names"], r["series"]
+    config = r["config"]
     g, k = len(r["xs"]) - 1, len(config["betas"])
     pick = [g * k + i for i in range(k)]
-    return _replay.write_animation(
+    shown = {"clusters": "clusters", "energy / max": "energy / max"}
+    title = _title(config) + " (time axis: log-spaced frames)"
+    return _clusterkit.animate(
         directory,
-        plot.animate,
-        r["ts"],
-        list(r["xs"][g]),
+        r,
+        pick,
+        shown,
+        title=title,
         gif=gif,
-        fps=config["fps"],
-        options=options,
-        labels=[names[i] for i in pick],
-        clusters=list(r["labels"][g]),
-        singletons="0.65",
-        metrics={
-            "clusters": series["clusters"][pick],
-            "energy / max": series["energy / max"][pick],
-        },
-        title=_title(config) + " (time axis: log-spaced frames)",
-        time_format=".3g",
         progress=progress,
+        options=options,
+        time_format=".3g",
     )

@@ -191,21 +191,16 @@ def draw(directory: Path, *, dpi: int | None = None) -> list[Path]:
 @animations("phase-diagram")
 def render(directory: Path, *, gif: bool = False, progress: bool = True, **options) -> list[Path]:
     """`animation.mp4` (or `.gif`): one random start of the ensemble at three betas."""
-    from particles import plot
-
     r = _clusterkit.load(directory)
-    return _replay.write_animation(
+    title = "one random start of the ensemble at three betas"
+    every = list(range(len(r["names"])))
+    return _clusterkit.animate(
         directory,
-        plot.animate,
-        r["ts"],
-        list(r["xs"][0]),
+        r,
+        every,
+        {"clusters": "clusters"},
+        title=title,
         gif=gif,
-        fps=r["config"]["fps"],
-        options=options,
-        labels=r["names"],
-        clusters=list(r["labels"][0]),
-        singletons="0.65",
-        metrics={"clusters": r["series"]["clusters"]},
-        title="one random start of the ensemble at three betas",
         progress=progress,
+        options=options,
     )
