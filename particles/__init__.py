@@ -25,13 +25,17 @@ from ._solve import AbstractSolution as AbstractSolution
 from ._solve import Stats as Stats
 from .attention import L2 as L2
 from .attention import AbstractAttention as AbstractAttention
+from .attention import AbstractEvaluation as AbstractEvaluation
 from .attention import AbstractFeatureKernel as AbstractFeatureKernel
 from .attention import AbstractKernel as AbstractKernel
 from .attention import AbstractNormalization as AbstractNormalization
 from .attention import AbstractPositionalKernel as AbstractPositionalKernel
 from .attention import Additive as Additive
 from .attention import Attention as Attention
+from .attention import Auto as Auto
+from .attention import Direct as Direct
 from .attention import DotProduct as DotProduct
+from .attention import Expansion as Expansion
 from .attention import Linear as Linear
 from .attention import Performer as Performer
 from .attention import Rotary as Rotary

@@ -34,7 +34,13 @@ NORMALIZATIONS: dict[str, Callable[[], P.AbstractNormalization]] = {
 # the sphere experiments compare (SA and USA): the command line checks the names against them
 Kernel = Literal["dot", "l2"]
 AnyKernel = Literal[tuple(KERNELS)]
+EVALUATIONS: dict[str, Callable[[], P.AbstractEvaluation]] = {
+    "direct": P.Direct,
+    "expansion": P.Expansion,
+    "auto": P.Auto,
+}
 Normalization = Literal["softmax", "unnormalized"]
+Evaluation = Literal[tuple(EVALUATIONS)]
 SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "euler": diffrax.Euler,
     "heun": diffrax.Heun,
@@ -70,6 +76,11 @@ def kernel(name: str, key=None, d: int | None = None) -> P.AbstractKernel:
 def normalization(name: str) -> P.AbstractNormalization:
     """The normalization called `name` (`softmax`, `unnormalized`, `sinkhorn`)."""
     return _lookup(NORMALIZATIONS, name, "normalization")
+
+
+def evaluation(name: str) -> P.AbstractEvaluation:
+    """How attention sums over keys (`direct`, `expansion`, `auto`; tolerance 1e-6)."""
+    return _lookup(EVALUATIONS, name, "evaluation")
 
 
 def solver(name: str) -> diffrax.AbstractSolver:

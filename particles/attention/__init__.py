@@ -5,9 +5,15 @@
   $O(n)$ evaluation of kernels with features (`AbstractFeatureKernel`);
 - normalizations (`AbstractNormalization`): `Softmax`, `Unnormalized`, `Sinkhorn`;
 - operators (`AbstractAttention`): `Attention`, one or several heads, self and cross;
-- the blocked row reductions they share: `reduce_rows`, `log_weights`.
+- the blocked row reductions they share: `reduce_rows`, `log_weights`;
+- evaluation methods (`AbstractEvaluation`): `Direct`, and the harmonic `Expansion` on the
+  circle and the sphere with `Auto` choosing between them.
 """
 
+from ._expansion import AbstractEvaluation as AbstractEvaluation
+from ._expansion import Auto as Auto
+from ._expansion import Direct as Direct
+from ._expansion import Expansion as Expansion
 from ._kernels import L2 as L2
 from ._kernels import AbstractKernel as AbstractKernel
 from ._kernels import DotProduct as DotProduct
@@ -31,12 +37,16 @@ from ._variants import linear_attention as linear_attention
 __all__ = [
     "AbstractAttention",
     "AbstractFeatureKernel",
+    "AbstractEvaluation",
     "AbstractKernel",
     "AbstractNormalization",
     "AbstractPositionalKernel",
     "Additive",
     "Attention",
+    "Auto",
+    "Direct",
     "DotProduct",
+    "Expansion",
     "L2",
     "Linear",
     "Performer",

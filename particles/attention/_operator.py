@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import check_cloud, check_positive, check_weights
+from ._expansion import AbstractEvaluation, Direct
 from ._kernels import AbstractKernel, DotProduct
 from ._normalizations import AbstractNormalization, Softmax
-from ._positions import with_positions
 from ._reduce import log_weights
 
 __all__ = ["AbstractAttention", "Attention"]
@@ -123,6 +123,9 @@ class Attention(AbstractAttention):
         block_size: queries per block; `None` picks direct evaluation for small clouds and
             blocks of about $2^{22}/n$ queries otherwise. Blocked and direct evaluation agree
             to rounding.
+        evaluation: how the sum over keys is computed: `Direct()` (default, $O(n^2)$),
+            `Expansion(tol)` (harmonic expansion on $S^1$/$S^2$, $O(n L^2)$, error bounded
+            by `error_estimate`) or `Auto(tol)` (the cheaper of the two).
 
     The arrays are stored with the head axis first: `Q.shape == (H, d_k, d)`.
     """
@@ -135,6 +138,7 @@ class Attention(AbstractAttention):
     normalization: AbstractNormalization
     causal: bool = eqx.field(static=True)
     block_size: int | None = eqx.field(static=True)
+    evaluation: AbstractEvaluation
 
     def __init__(
         self,
@@ -147,6 +151,7 @@ class Attention(AbstractAttention):
         normalization: AbstractNormalization = Softmax(),
         causal: bool = False,
         block_size: int | None = None,
+        evaluation: AbstractEvaluation = Direct(),
     ):
         if not isinstance(kernel, AbstractKernel):
             raise TypeError(
@@ -178,6 +183,13 @@ class Attention(AbstractAttention):
         self.normalization = normalization
         self.causal = bool(causal)
         self.block_size = block_size
+        if not isinstance(evaluation, AbstractEvaluation):
+            raise TypeError(
+                "evaluation must be an AbstractEvaluation (e.g. Direct(), Expansion(tol=1e-6), "
+                f"Auto(tol=1e-6)); got {evaluation!r}"
+            )
+        # an expansion fixes its order here, from the concrete beta, Q and K
+        self.evaluation = evaluation.resolved(kernel, normalization, Q, K, self.beta)
 
     @classmethod
     def identity(cls, d: int, beta=1.0, **options) -> Attention:
@@ -226,33 +238,50 @@ class Attention(AbstractAttention):
             (self.Q[h : h + 1], self.K[h : h + 1], self.V[h : h + 1]),
         )
 
-    def _head_rows(self, Q, K, queries, context, logw, values, causal):
-        """$\\sum_j A_{ij}$ `values[j]` for one head's $Q, K$, at each query."""
-        return self.normalization.rows(
+    def _head_rows(self, Q, K, queries, context, logw, values, causal, estimate=False):
+        """$\\sum_j A_{ij}$ `values[j]` for one head's $Q, K$, at each query (with
+        `estimate`: the bound on its error instead)."""
+        method = self.evaluation.estimate if estimate else self.evaluation.rows
+        return method(
             self.kernel,
+            self.normalization,
             self.beta,
-            # a positional kernel (rotary) reads each token's index as a last feature
-            with_positions(self.kernel, queries @ Q.T),
-            with_positions(self.kernel, context @ K.T),
+            Q,
+            K,
+            queries,
+            context,
             logw,
             values,
             causal=causal,
             block=self.block_size,
         )
 
-    def _evaluate(self, queries, context, weights, causal):
+    def _evaluate(self, queries, context, weights, causal, estimate=False):
         # the dtype the logits come out in (float32 tokens against float64 Q give float64)
         dtype = jnp.result_type(queries, self.Q, self.beta)
         logw = log_weights(weights, context.shape[0], dtype)
         if self.heads == 1:
             values = context @ self.V[0].T
-            return self._head_rows(self.Q[0], self.K[0], queries, context, logw, values, causal)
+            return self._head_rows(
+                self.Q[0], self.K[0], queries, context, logw, values, causal, estimate
+            )
         values = jnp.einsum("nd,hed->hne", context, self.V)
-        one = lambda Q, K, v: self._head_rows(Q, K, queries, context, logw, v, causal)  # noqa: E731
+        one = lambda Q, K, v: self._head_rows(  # noqa: E731
+            Q, K, queries, context, logw, v, causal, estimate
+        )
         return jnp.sum(jax.vmap(one)(self.Q, self.K, values), axis=0)
 
     def unchecked(self, x, weights=None):
         return self._evaluate(x, x, weights, self.causal)
+
+    def error_estimate(
+        self, x: Float[Array, "n d"], weights: Float[Array, " n"] | None = None
+    ) -> Float[Array, " n"]:
+        """A bound on $|v_i - v^{exact}_i|$ for each token of self-attention: the a
+        posteriori truncation bound of an `Expansion` (summed over heads; see
+        `particles.attention.Expansion`), zero for `Direct()`. It ignores rounding."""
+        x = _check_dim(check_cloud(x, "x"), "x", self.dim)
+        return self._evaluate(x, x, check_weights(weights, x.shape[0]), self.causal, True)
 
     def cross(self, queries, context, weights=None):
         queries = _check_dim(check_cloud(queries, "queries"), "queries", self.dim)

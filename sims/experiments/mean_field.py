@@ -329,6 +329,8 @@ class CircleConfig:
     """inverse temperature"""
     normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
+    evaluation: options.Evaluation = "direct"
+    """particle sums: direct O(n^2), or the Fourier-Bessel expansion O(n K) (expansion, auto)"""
     modes: float = 0.6
     """amplitude of the initial density 1 + modes cos(theta) + modes / 2 sin(2 theta)"""
     t1: float = 3.0
@@ -388,7 +390,10 @@ def run_circle(
     )
     flow = P.AttentionFlow(
         P.Attention.identity(
-            2, config.beta, normalization=options.normalization(config.normalization)
+            2,
+            config.beta,
+            normalization=options.normalization(config.normalization),
+            evaluation=options.evaluation(config.evaluation),
         ),
         P.Sphere(),
     )

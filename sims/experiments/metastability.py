@@ -34,6 +34,8 @@ class Config:
     """inverse temperatures (large: metastable)"""
     normalization: options.Normalization = "softmax"
     """softmax (SA) or unnormalized (USA) attention"""
+    evaluation: options.Evaluation = "direct"
+    """sum over tokens: direct O(n^2), or the harmonic expansion O(n L^2) (expansion, auto)"""
     t1: float = 3000.0
     """final time of the flow (the horizon is long: saved times are spaced in log-time)"""
     t_first: float = 0.01
@@ -79,10 +81,20 @@ def run(config: Config, directory: Path, *, gif: bool = False, animation: bool =
     keys = jax.random.split(jax.random.key(config.seed), len(config.dims))
     for key, d in zip(keys, config.dims, strict=True):
         x0 = P.clouds.sphere_uniform(key, config.n, d)
+        # an expansion's order is fixed at the largest beta, outside the vmap over betas
+        evaluation = P.Attention.identity(
+            d,
+            max(config.betas),
+            normalization=options.normalization(config.normalization),
+            evaluation=options.evaluation(config.evaluation),
+        ).evaluation
 
-        def solve(beta, x0=x0, d=d):
+        def solve(beta, x0=x0, d=d, evaluation=evaluation):
             attention = P.Attention.identity(
-                d, beta, normalization=options.normalization(config.normalization)
+                d,
+                beta,
+                normalization=options.normalization(config.normalization),
+                evaluation=evaluation,
             )
             flow = P.AttentionFlow(attention, P.Sphere())
             return P.simulate(
