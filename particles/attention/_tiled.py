@@ -1,0 +1,131 @@
+r"""Tiled row reductions: queries in tiles under `lax.map`, each tile recomputed when
+differentiated.
+
+One tile of `b` queries against all `m` keys is the direct formula (`tile_rows`): the logits
+$s_{ij} + b_j$, the row maximum, the exponential and the product with the values. XLA fuses
+the four into one kernel that keeps the `(b, m)` tile in cache when the tile is small
+enough; the tile size that runs fastest was measured for each size and precision
+(`TILES`, from `python benchmarks/tune_tiles.py`).
+
+Memory. The forward pass holds one tile at a time. Every tile function is wrapped in
+`jax.checkpoint`, so reverse-mode differentiation (`jax.grad`, `jax.vjp`) saves only each
+tile's inputs (the `b` query features) and recomputes the tile's logits and exponentials in
+the backward pass, as memory-efficient attention does (Rabe and Staats 2021,
+"Self-attention Does Not Need O(n^2) Memory"; Dao et al. 2022, "FlashAttention"):
+gradients take $O(n \cdot b)$ memory instead of the $O(n m)$ of the stored exponentials.
+Forward mode (`jax.jvp`) maps the tiles the same way and stores nothing. The rule is JAX's
+own derivative of the tile, recomputed, rather than a hand-written `custom_vjp`: a
+`custom_vjp` function refuses `jax.jvp`, which the Lipschitz estimates apply to the field
+(and differentiate again, in `worst_cloud`).
+
+Causal rows. Row $i$ sees keys $j \le i$ only, so a tile of queries ending at row $e$ needs
+the first $e$ keys, not all $m$. The queries are cut into at most `CAUSAL_CHUNKS` chunks of
+whole tiles; chunk $c$ is reduced against the keys up to its last row, which skips
+$(C - 1) / 2C$ of the square (44% for $C = 8$) while every chunk keeps static shapes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Tile sizes (queries per tile) measured by
+#     python benchmarks/tune_tiles.py --write
+# on the 2-core AMD EPYC (Zen 4) CPU of the development machine, sphere softmax field
+# d = 3, beta = 4: the fastest tile in CPU time (median of interleaved rounds) for keys up
+# to each size. Keys (dtype name, m upper bound) -> queries per tile.
+TILES: dict[tuple[str, int], int] = {
+    ("float32", 1024): 1024,
+    ("float32", 4096): 64,
+    ("float32", 16384): 64,
+    ("float32", 1 << 62): 64,
+    ("float64", 1024): 1024,
+    ("float64", 4096): 64,
+    ("float64", 16384): 64,
+    ("float64", 1 << 62): 64,
+}
+
+# Chunks of a causal reduction (each a separately compiled map over its own key prefix).
+CAUSAL_CHUNKS = 8
+
+
+def tile_size(nk: int, dtype) -> int:
+    """The measured fastest number of queries per tile for `nk` keys of `dtype`."""
+    name = "float64" if jnp.dtype(dtype) == jnp.float64 else "float32"
+    for (kind, bound), tile in sorted(TILES.items(), key=lambda kv: kv[0][1]):
+        if kind == name and nk <= bound:
+            return tile
+    raise AssertionError("TILES ends with an unbounded entry for each dtype")
+
+
+def tile_rows(op, kernel, beta, qf, kf, key_bias, values, idx, causal):
+    """The direct formula for one tile of queries `qf` (rows `idx`) against all keys."""
+    nk = kf.shape[0]
+    # the bias is added last, so large logits round the same way in every kernel
+    s = kernel.logits(beta, qf, kf) + key_bias[None, :]
+    if causal:
+        s = jnp.where(jnp.arange(nk)[None, :] <= idx[:, None], s, -jnp.inf)
+    if op == "sum":
+        return jnp.exp(s) @ values
+    top = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+    # A row that sees no key has top = -inf; any finite shift keeps its p_ij = 0. A
+    # maximum (not a where on isfinite) keeps the row computation a single fusion.
+    top = jnp.maximum(top, jnp.finfo(s.dtype).min)
+    p = jnp.exp(s - top)
+    if op == "lse":
+        return jnp.log(jnp.sum(p, axis=-1)) + top[:, 0]
+    out = p @ values
+    total = out[:, -1:]
+    # A row that sees no mass (all its weights zero) moves with velocity zero.
+    return out[:, :-1] / jnp.where(total > 0, total, 1)
+
+
+def _map_tiles(op, kernel, beta, qf, idx, kf, key_bias, values, causal, tile):
+    """`tile_rows` over tiles of `tile` queries (the last one padded), one at a time."""
+    nq = qf.shape[0]
+    pad = -nq % tile
+    if pad:
+        # padded rows are zero features at the last position: finite, and dropped below
+        qf = jnp.concatenate([qf, jnp.zeros((pad, qf.shape[1]), qf.dtype)])
+        idx = jnp.concatenate([idx, jnp.full((pad,), idx[-1], idx.dtype)])
+
+    # Without saved residuals the backward pass recomputes the tile from its queries.
+    @jax.checkpoint
+    def one(q, i, beta, kf, key_bias, values):
+        return tile_rows(op, kernel, beta, q, kf, key_bias, values, i, causal)
+
+    tiles = (qf.reshape(-1, tile, qf.shape[1]), idx.reshape(-1, tile))
+    out = jax.lax.map(lambda a: one(*a, beta, kf, key_bias, values), tiles)
+    return out.reshape((nq + pad,) + out.shape[2:])[:nq]
+
+
+def tiled_rows(op, kernel, beta, qf, kf, key_bias, values, *, causal: bool, tile: int):
+    """`tile_rows` on every query, `tile` queries at a time; causal rows skip the keys
+    above the diagonal chunk by chunk (module docstring). Equal to the direct formula on all
+    rows at once, up to rounding, with its derivatives."""
+    nq = qf.shape[0]
+    idx = jnp.arange(nq)
+    tiles = -(-nq // tile)
+    if not causal or tiles == 1:
+        return _map_tiles(op, kernel, beta, qf, idx, kf, key_bias, values, causal, tile)
+    chunks = min(CAUSAL_CHUNKS, tiles)
+    outs = []
+    for c in range(chunks):
+        first, last = c * tiles // chunks * tile, min((c + 1) * tiles // chunks * tile, nq)
+        # row i sees keys j <= i < last: the keys past the chunk's last row never count
+        vals = None if values is None else values[:last]
+        outs.append(
+            _map_tiles(
+                op,
+                kernel,
+                beta,
+                qf[first:last],
+                idx[first:last],
+                kf[:last],
+                key_bias[:last],
+                vals,
+                causal,
+                tile,
+            )
+        )
+    return jnp.concatenate(outs)
