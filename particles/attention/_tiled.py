@@ -26,6 +26,9 @@ $(C - 1) / 2C$ of the square (44% for $C = 8$) while every chunk keeps static sh
 
 from __future__ import annotations
 
+import functools
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -80,22 +83,72 @@ def tile_rows(op, kernel, beta, qf, kf, key_bias, values, idx, causal):
     return out[:, :-1] / jnp.where(total > 0, total, 1)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _tile(op, causal, kernel_static, kernel_arrays, beta, qf, kf, key_bias, values, idx):
+    """`tile_rows` with the derivative written out (`_tile_jvp`)."""
+    kernel = eqx.combine(kernel_arrays, kernel_static)
+    return tile_rows(op, kernel, beta, qf, kf, key_bias, values, idx, causal)
+
+
+@_tile.defjvp
+def _tile_jvp(op, causal, kernel_static, primals, tangents):
+    r"""Forward derivative of one tile, linear in the tangents.
+
+    With $p_{ij} = e^{s_{ij} + b_j - \mathrm{top}_i}$, $B = p\,[v, 1]$ and the output
+    $o_i = B_{i,:e} / B_{i,e}$ (softmax), the tangent is
+    $\dot o_i = (\dot B_{i,:e} - o_i \dot B_{i,e}) / B_{i,e}$ with
+    $\dot B = (p \odot \dot s)[v, 1] + p\,[\dot v, 0]$: two products of the tile with the
+    values, whose transposes are the backward pass of memory-efficient attention
+    ($\bar s = p \odot (\bar B [v, 1]^\top)$, $\bar v = p^\top \bar B$). The logits'
+    own tangent comes from `jax.jvp` of the kernel, so any kernel is supported.
+    """
+    kernel_arrays, beta, qf, kf, key_bias, values, idx = primals
+    d_arrays, d_beta, d_qf, d_kf, d_bias, d_values, _ = tangents
+
+    def logits(arrays, beta, qf, kf):
+        return eqx.combine(arrays, kernel_static).logits(beta, qf, kf)
+
+    s, ds = jax.jvp(logits, (kernel_arrays, beta, qf, kf), (d_arrays, d_beta, d_qf, d_kf))
+    s = s + key_bias[None, :]
+    ds = ds + d_bias[None, :]
+    if causal:
+        seen = jnp.arange(kf.shape[0])[None, :] <= idx[:, None]
+        s = jnp.where(seen, s, -jnp.inf)
+        ds = jnp.where(seen, ds, 0)
+    if op == "sum":
+        p = jnp.exp(s)
+        return p @ values, (p * ds) @ values + p @ d_values
+    top = jnp.maximum(jnp.max(s, axis=-1, keepdims=True), jnp.finfo(s.dtype).min)
+    p = jnp.exp(s - top)
+    if op == "lse":
+        total = jnp.sum(p, axis=-1)
+        safe = jnp.where(total > 0, total, 1)
+        return jnp.log(total) + top[:, 0], jnp.sum(p * ds, axis=-1) / safe
+    out = p @ values
+    total = out[:, -1:]
+    safe = jnp.where(total > 0, total, 1)
+    rows = out[:, :-1] / safe
+    d_out = (p * ds) @ values + p @ d_values
+    return rows, (d_out[:, :-1] - rows * d_out[:, -1:]) / safe
+
+
 def _map_tiles(op, kernel, beta, qf, idx, kf, key_bias, values, causal, tile):
-    """`tile_rows` over tiles of `tile` queries (the last one padded), one at a time."""
+    """`_tile` over tiles of `tile` queries (the last one padded), one at a time."""
     nq = qf.shape[0]
     pad = -nq % tile
     if pad:
         # padded rows are zero features at the last position: finite, and dropped below
         qf = jnp.concatenate([qf, jnp.zeros((pad, qf.shape[1]), qf.dtype)])
         idx = jnp.concatenate([idx, jnp.full((pad,), idx[-1], idx.dtype)])
+    kernel_arrays, kernel_static = eqx.partition(kernel, eqx.is_inexact_array)
 
     # Without saved residuals the backward pass recomputes the tile from its queries.
     @jax.checkpoint
-    def one(q, i, beta, kf, key_bias, values):
-        return tile_rows(op, kernel, beta, q, kf, key_bias, values, i, causal)
+    def one(q, i, kernel_arrays, beta, kf, key_bias, values):
+        return _tile(op, causal, kernel_static, kernel_arrays, beta, q, kf, key_bias, values, i)
 
     tiles = (qf.reshape(-1, tile, qf.shape[1]), idx.reshape(-1, tile))
-    out = jax.lax.map(lambda a: one(*a, beta, kf, key_bias, values), tiles)
+    out = jax.lax.map(lambda a: one(*a, kernel_arrays, beta, kf, key_bias, values), tiles)
     return out.reshape((nq + pad,) + out.shape[2:])[:nq]
 
 
