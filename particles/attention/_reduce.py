@@ -1,10 +1,10 @@
-"""Row reductions of a logit matrix, evaluated in blocks of queries.
+"""Row reductions of a logit matrix, evaluated in tiles of queries.
 
 Every attention operator reduces the rows of $s_{ij} + b_j$ (the kernel logits plus a
 per-key offset) against values $v_j$: a softmax average, a plain sum of exponentials, or a
-log-sum-exp. The `(q, m)` matrix is never formed for large clouds: queries are processed in
-blocks, and XLA usually fuses the logits, the exponential and the product with the values
-into one loop nest that never writes a tile to memory; the block bounds the tile when it does.
+log-sum-exp. `reduce_rows` is the direct path every evaluation method can fall back to: the
+`(q, m)` matrix is never formed for large clouds, queries are processed in tiles of a
+measured size (`_tiled`), each tile one fused kernel, recomputed when differentiated.
 """
 
 from __future__ import annotations
