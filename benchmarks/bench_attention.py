@@ -44,6 +44,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,13 +111,19 @@ def matmuls(dtype):
     }
 
 
+def _cast(tree, dtype):
+    """Every float array of `tree` in `dtype`: with float64 enabled (for the float64 cases)
+    `identity` builds float64 matrices, which would silently make a float32 case float64."""
+    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
 def cases(sizes, multihead_n):
     """name -> (dtype, n, builder of (field, x), exponentials, flops)."""
     out = {}
 
     def sphere(n, dtype, beta=4.0, **options):
         def build():
-            att = particles.Attention.identity(3, beta=beta, **options)
+            att = _cast(particles.Attention.identity(3, beta=beta, **options), dtype)
             flow = particles.AttentionFlow(att, particles.Sphere())
             x = particles.clouds.sphere_uniform(jax.random.key(0), n, 3).astype(dtype)
             return (lambda x: flow(0.0, x, None)), x
@@ -125,11 +132,10 @@ def cases(sizes, multihead_n):
 
     def weighted(n):
         def build():
-            flow = particles.AttentionFlow(
-                particles.Attention.identity(3, beta=4.0), particles.Sphere()
-            )
-            x = particles.clouds.sphere_uniform(jax.random.key(0), n, 3)
-            w = jax.random.uniform(jax.random.key(1), (n,), minval=0.5)
+            att = _cast(particles.Attention.identity(3, beta=4.0), "float32")
+            flow = particles.AttentionFlow(att, particles.Sphere())
+            x = particles.clouds.sphere_uniform(jax.random.key(0), n, 3).astype("float32")
+            w = jax.random.uniform(jax.random.key(1), (n,), "float32", minval=0.5)
             w = w / jnp.sum(w)
             return (lambda x: flow(0.0, x, w)), x
 
@@ -154,7 +160,8 @@ def cases(sizes, multihead_n):
 
         def build():
             att = particles.Attention.random(jax.random.key(2), dm, heads=h, d_k=dk, beta=1.0)
-            x = jax.random.normal(jax.random.key(0), (n, dm))
+            att = _cast(att, "float32")
+            x = jax.random.normal(jax.random.key(0), (n, dm), "float32")
             return (lambda x: att.unchecked(x)), x
 
         out[f"multi-head d=64, H=4, d_k=16, n={n}"] = (
@@ -180,7 +187,8 @@ def run(sizes, multihead_n, repeats):
     for name, (dtype, n, build, exps, flops) in cases(sizes, multihead_n).items():
         field, x = build()
         f = jax.jit(field)
-        jax.block_until_ready(f(x))
+        # the case computes in its own precision (no silent float64)
+        assert jax.block_until_ready(f(x)).dtype == dtype, (name, f(x).dtype)
         compiled[name] = (dtype, n, f, x, exps, flops)
     for exps, mms in limits.values():
         for f, a, _ in list(exps.values()) + list(mms.values()):

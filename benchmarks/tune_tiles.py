@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import numpy as np
 
@@ -33,13 +34,19 @@ def _timed_cpu(f, x):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _cast(tree, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+
+
 def tune(n, dtype, tiles, repeats, beta):
     x = particles.clouds.sphere_uniform(jax.random.key(0), n, 3).astype(dtype)
     fns = {}
     for t in tiles:
         if t > n:
             continue
-        att = particles.Attention.identity(3, beta=beta, block_size=t)
+        # the operator's arrays in the measured dtype: with float64 enabled, identity()
+        # builds float64 matrices, and float32 tokens would then be computed in float64
+        att = _cast(particles.Attention.identity(3, beta=beta, block_size=t), dtype)
         f = jax.jit(lambda x, att=att: att.unchecked(x))
         jax.block_until_ready(f(x))
         fns[t] = f
@@ -49,6 +56,8 @@ def tune(n, dtype, tiles, repeats, beta):
             rounds[t].append(_timed_cpu(f, x))
     med = {t: np.median(np.array(r), axis=0) for t, r in rounds.items()}
     best = min(med, key=lambda t: med[t][1])
+    # the dtype the field computed in, so a wrong table cannot come from a silent upcast
+    assert fns[best](x).dtype == dtype, (fns[best](x).dtype, dtype)
     return best, {str(t): {"wall_s": m[0], "cpu_s": m[1]} for t, m in med.items()}
 
 

@@ -32,18 +32,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-# Tile sizes (queries per tile) measured by
-#     PYTHONPATH=. python benchmarks/tune_tiles.py --repeats 3 --tiles 32,64,128,256,512,1024
-# (2026-12-02, commit 091a8e7) on the 2-core AMD EPYC (Zen 4) CPU of the development
-# machine, shared with other jobs (load average 8-14): the sphere softmax field, d = 3,
-# beta = 4, fastest median CPU time for keys up to each size (direct T = n tried up to 4096;
-# only T <= 256 at 65536). Under that load neighbouring tiles were within 10-20% of each
-# other; rerun the command on an idle machine and paste its output here.
+# Tile sizes (queries per tile) measured on 2026-12-02 (commit dbc6f6c) by
+#     PYTHONPATH=. python benchmarks/tune_tiles.py --dtypes float32 --repeats 3
+#     PYTHONPATH=. python benchmarks/tune_tiles.py --dtypes float64 --repeats 3
+# (tiles 32 ... 1024; the direct T = n tried up to 4096; only T <= 256 at 65536) on the
+# 2-core AMD EPYC (Zen 4) CPU of the development machine, shared with other jobs (load
+# average 8-14): the sphere softmax field, d = 3, beta = 4, fastest median CPU time for keys
+# up to each size. Under that load the best tiles were 5-30% ahead of their neighbours;
+# rerun the commands on an idle machine and paste their output here.
 TILES: dict[tuple[str, int], int] = {
-    ("float32", 1024): 32,
-    ("float32", 4096): 128,
-    ("float32", 16384): 32,
-    ("float32", 1 << 62): 64,
+    ("float32", 1024): 256,
+    ("float32", 4096): 256,
+    ("float32", 16384): 64,
+    ("float32", 1 << 62): 32,
     ("float64", 1024): 64,
     ("float64", 4096): 128,
     ("float64", 16384): 64,
