@@ -1,15 +1,20 @@
-"""Benchmark: the phase diagram ensemble against a batched PyTorch fixed-step Euler loop.
+"""Benchmark: the phase diagram ensemble, before and after batching per beta, and against a
+batched PyTorch fixed-step Euler loop.
 
-    python benchmarks/bench_phase_diagram.py                 # 1024 starts x 30 betas
-    python benchmarks/bench_phase_diagram.py --runs 256      # a documented fraction
+    PYTHONPATH=. python benchmarks/bench_phase_diagram.py              # 1024 starts x 30 betas
+    PYTHONPATH=. python benchmarks/bench_phase_diagram.py --runs 128 --no-torch  # a sub-grid
 
 The problem is the phase diagram of Geshkovski et al. (2023): n = 32 tokens on S^2,
 Q = K = V = I, softmax attention, t in [0, 30], `runs` random starts for each of 30 betas.
 Both contenders solve the same equations from the same starts, in float32, measured in the
 same process:
 
-- particles: `particles.studies.phase_diagram`, one vmapped adaptive Tsit5 solve over
-  every (beta, start), at rtol = 1e-5 and 1e-3 (atol = rtol / 10);
+- particles: `particles.studies.phase_diagram` (adaptive Tsit5, one batched solve per beta,
+  saving only the minimum inner products and the final clouds), at rtol = 1e-5 and 1e-3
+  (atol = rtol / 10), timed in interleaved rounds against the formulation it replaced, one
+  `vmap` of `particles.simulate` over every (beta, start) saving whole trajectories
+  (`vmapped_simulate` below: the same members, steps and results). The batch efficiency
+  is mean(steps) / max(steps) for one batch and sum_b mean_b / sum_b max_b per beta;
 - PyTorch: the approach of published research code, a batched fixed-step explicit Euler
   loop `x <- normalize(x + h P_x v(x))` over all systems at once, saving at the same times.
 
@@ -24,7 +29,8 @@ read off a log-log fit of the measured error curve (flagged when the count lies 
 measured range). At equal time, Euler runs as many steps as fit in particles' time and its
 error is measured.
 
-PyTorch is an optional benchmark dependency (`pip install -e .[bench]`).
+PyTorch is an optional benchmark dependency (`pip install -e .[bench]`); `--no-torch` skips
+it. Writes `benchmarks/results/phase_diagram.json` and `.md` (git-ignored).
 """
 
 from __future__ import annotations
@@ -33,14 +39,38 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import particles
 from particles import studies
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_attention import commit, write_atomic  # noqa: E402
+
+
+@eqx.filter_jit
+def vmapped_simulate(betas, ts, x0, rtol, atol):
+    """The ensemble as it was before batching per beta: one `vmap` over every (beta, start)
+    of `particles.simulate`, saving each member's whole trajectory."""
+
+    def member(beta, x):
+        flow = particles.AttentionFlow(
+            particles.Attention.identity(x.shape[-1], beta), particles.Sphere()
+        )
+        traj = particles.simulate(flow, x, ts, rtol=rtol, atol=atol, throw=False)
+        mins = particles.metrics.over_time(particles.metrics.min_inner_product, traj.xs)
+        return traj.final, mins, traj.num_steps
+
+    over_starts = jax.vmap(member, in_axes=(None, 0))
+    return jax.vmap(over_starts, in_axes=(0, None))(betas, x0)
 
 
 def _errors(final, ref_final):
@@ -104,9 +134,10 @@ def main(argv=None):
     parser.add_argument("--euler-steps", type=int, nargs="+", default=[300, 1200, 4800])
     parser.add_argument("--timed-steps", type=int, default=30, help="Euler steps timed, full batch")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=str, default=None, help="write the results here")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds per variant")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch Euler part")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/phase_diagram.json"))
     args = parser.parse_args(argv)
-    import torch
 
     saves = args.frames - 1
     if any(s % saves for s in args.euler_steps) or args.timed_steps % saves:
@@ -132,8 +163,6 @@ def main(argv=None):
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "jax": jax.__version__,
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
             "loadavg_start": os.getloadavg(),
         },
     }
@@ -156,49 +185,84 @@ def main(argv=None):
     jax.config.update("jax_enable_x64", False)
     print("reference", out["reference"], flush=True)
 
-    # particles: one vmapped adaptive solve, float32, at each tolerance (atol = rtol / 10)
-    def solve(rtol):
-        pd = studies.phase_diagram(
-            None,
-            jnp.asarray(betas, jnp.float32),
-            jnp.asarray(ts, jnp.float32),
-            starts=jnp.asarray(x0, jnp.float32),
-            rtol=rtol,
-            atol=rtol / 10,
-        )
+    # particles, float32, at each tolerance (atol = rtol / 10): the ensemble as it was
+    # (one vmap of simulate over everything) and as it is (phase_diagram: a batch per beta)
+    args32 = (jnp.asarray(betas, jnp.float32), jnp.asarray(ts, jnp.float32))
+    x32 = jnp.asarray(x0, jnp.float32)
+
+    def solve(rtol, variant):
+        if variant == "vmapped simulate (before)":
+            final, mins, steps = vmapped_simulate(*args32, x32, rtol, rtol / 10)
+            mins.block_until_ready()
+            return final, mins, steps
+        pd = studies.phase_diagram(None, *args32, starts=x32, rtol=rtol, atol=rtol / 10)
         pd.min_inner.block_until_ready()
-        return pd
+        return pd.final, pd.min_inner, pd.num_steps
 
     out["particles"] = []
     for rtol in args.rtols:
-        start = time.perf_counter()
-        solve(rtol)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        pd = solve(rtol)
-        seconds = time.perf_counter() - start
-        steps = np.asarray(pd.num_steps)
-        out["particles"].append(
-            {
-                "rtol": rtol,
-                "atol": rtol / 10,
-                "seconds": seconds,
-                "seconds_first_call_with_compilation": first,
-                "error": _errors(pd.final[:, :c], ref_final),
-                "clustered_indicator_mismatch": _indicator_mismatch(
-                    pd.min_inner[:, :c], ref_min, args.eps
-                ),
-                "steps": {
-                    "min": int(steps.min()),
-                    "median": float(np.median(steps)),
-                    "max": int(steps.max()),
-                    "batch_efficiency_mean_over_max": float(steps.mean() / steps.max()),
-                },
-            }
-        )
-        print("particles", out["particles"][-1], flush=True)
+        timings = {}
+        for variant in VARIANTS:
+            solve(rtol, variant)  # compiles
+        # interleaved rounds: both formulations see the same load
+        for _ in range(args.repeats):
+            for variant in VARIANTS:
+                start = time.perf_counter()
+                cpu = time.process_time()
+                result = solve(rtol, variant)
+                timings.setdefault(variant, []).append(
+                    (time.perf_counter() - start, time.process_time() - cpu)
+                )
+                if variant == VARIANTS[-1]:
+                    final, mins, steps = result
+        steps = np.asarray(steps)
+        row = {
+            "rtol": rtol,
+            "atol": rtol / 10,
+            "seconds_by_variant": {
+                v: float(np.median([t[0] for t in ts_])) for v, ts_ in timings.items()
+            },
+            "cpu_seconds_by_variant": {
+                v: float(np.median([t[1] for t in ts_])) for v, ts_ in timings.items()
+            },
+            "speedup_vs_before": float(
+                np.median(
+                    [
+                        a[0] / b[0]
+                        for a, b in zip(timings[VARIANTS[0]], timings[VARIANTS[1]], strict=True)
+                    ]
+                )
+            ),
+            "speedup_vs_before_cpu": float(
+                np.median(
+                    [
+                        a[1] / b[1]
+                        for a, b in zip(timings[VARIANTS[0]], timings[VARIANTS[1]], strict=True)
+                    ]
+                )
+            ),
+            "error": _errors(final[:, :c], ref_final),
+            "clustered_indicator_mismatch": _indicator_mismatch(mins[:, :c], ref_min, args.eps),
+            "steps": {
+                "min": int(steps.min()),
+                "median": float(np.median(steps)),
+                "max": int(steps.max()),
+                "batch_efficiency_one_batch": float(steps.mean() / steps.max()),
+                "batch_efficiency_per_beta": float(steps.mean(1).sum() / steps.max(1).sum()),
+            },
+        }
+        row["seconds"] = row["seconds_by_variant"][VARIANTS[-1]]
+        out["particles"].append(row)
+        print("particles", row, flush=True)
+    if args.no_torch:
+        _write_results(args, out)
+        return out
 
     # PyTorch Euler: error against steps on the checked starts ...
+    import torch
+
+    out["machine"]["torch"] = torch.__version__
+    out["machine"]["torch_threads"] = torch.get_num_threads()
     xb = torch.tensor(np.repeat(x0[None, :c], len(betas), 0).reshape(-1, args.n, args.d))
     bb = torch.tensor(np.repeat(betas, c))
 
@@ -250,12 +314,49 @@ def main(argv=None):
                 "euler_in_particles_time": euler_point(equal),
             }
         )
-    out["machine"]["loadavg_end"] = os.getloadavg()
-    print(json.dumps(out["comparison"], indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    _write_results(args, out)
     return out
+
+
+VARIANTS = ("vmapped simulate (before)", "phase_diagram, batch per beta")
+
+
+def _write_results(args, out):
+    """The JSON and a Markdown table, each written atomically."""
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    out["commit"] = commit()
+    p = out["problem"]
+    lines = [
+        f"Phase diagram: {p['runs']} starts x {p['betas'][2]} betas in [{p['betas'][0]}, "
+        f"{p['betas'][1]}], n = {p['n']} on S^2, t in [0, {p['t1']}], float32; commit "
+        f"{out['commit']}; load average {out['machine']['loadavg_start'][0]:.1f} -> "
+        f"{out['machine']['loadavg_end'][0]:.1f}; error: median over {args.check_runs} "
+        "checked starts per beta of max_i |x_i(t1) - x_i^ref(t1)| against float64 Dopri8.",
+        "",
+        "| rtol | before (s) | now (s) | speed-up (wall / CPU) | median error | batch "
+        "efficiency one batch / per beta | steps median / max |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in out["particles"]:
+        t = r["seconds_by_variant"]
+        lines.append(
+            f"| {r['rtol']:g} | {t[VARIANTS[0]]:.3g} | {t[VARIANTS[1]]:.3g} | "
+            f"{r['speedup_vs_before']:.2f}x / {r['speedup_vs_before_cpu']:.2f}x | "
+            f"{r['error']['median']:.1e} | {r['steps']['batch_efficiency_one_batch']:.2f} / "
+            f"{r['steps']['batch_efficiency_per_beta']:.2f} | {r['steps']['median']:.0f} / "
+            f"{r['steps']['max']} |"
+        )
+    for c in out.get("comparison", []):
+        lines.append("")
+        lines.append(
+            f"PyTorch batched Euler at rtol {c['rtol']:g}'s accuracy: "
+            f"{c['euler_seconds_to_match']:.3g} s ({c['speedup_at_equal_accuracy']:.1f}x "
+            "slower than particles)."
+        )
+    out["table"] = "\n".join(lines)
+    print(out["table"])
+    write_atomic(args.out, json.dumps(out, indent=1))
+    write_atomic(args.out.with_suffix(".md"), out["table"] + "\n")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ from jaxtyping import Array, Float
 
 __all__ = ["AbstractKernel", "DotProduct", "L2"]
 
-# Up to this many features, logits are written as an explicit sum over features: it fuses
-# with the exponential that follows, where a matmul would materialise the logit tile.
+# Up to this many features, logits of small tiles (and all L2 logits) are an explicit sum
+# over features: one elementwise fusion, and exact where L2's |q|^2 + |k|^2 - 2 q.k cancels.
 _UNROLL_FEATURES = 8
+# Tiles of at most this many query-key pairs count as small (see DotProduct.logits).
+_SMALL_TILE = 1 << 12
 
 
 class AbstractKernel(eqx.Module):
@@ -53,10 +55,16 @@ class DotProduct(AbstractKernel):
         return beta * jnp.dot(q, k)
 
     def logits(self, beta, qf, kf):
-        if qf.shape[-1] > _UNROLL_FEATURES:
-            return (beta * qf) @ kf.T
         # beta scales the b queries rather than the b * m logits
         qs = beta * qf
+        if qf.shape[-1] > _UNROLL_FEATURES or qf.shape[0] * kf.shape[0] > _SMALL_TILE:
+            # XLA's CPU backend fuses this matmul with the maximum, the exponential and the
+            # product with the values into one kernel per tile, which measured faster than
+            # the explicit sum below on tiles of 64 x 4096 (benchmarks/README.md)
+            return qs @ kf.T
+        # small tiles (e.g. n = 32 clouds batched by vmap): an explicit sum over features
+        # is one elementwise fusion, where a batched matmul of 32 x 3 x 32 is a loop of
+        # tiny products
         s = qs[:, :1] * kf[None, :, 0]
         for f in range(1, qf.shape[-1]):
             s = s + qs[:, f : f + 1] * kf[None, :, f]

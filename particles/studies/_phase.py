@@ -22,12 +22,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .._checks import check_supported, is_concrete
-from .._simulate import simulate
+from .._solve import check_solver, solve, stats
 from ..attention import AbstractNormalization, Attention, Softmax, Unnormalized
 from ..clouds import sphere_uniform
 from ..devices import Devices, ensemble
 from ..flows import AttentionFlow
-from ..metrics import min_inner_product, over_time
+from ..metrics import min_inner_product
 from ..spaces import Sphere
 
 __all__ = ["PhaseDiagram", "phase_diagram"]
@@ -82,6 +82,7 @@ def phase_diagram(
     atol: float = 1e-6,
     max_steps: int = 100_000,
     starts: Float[Array, "R n d"] | None = None,
+    by_beta: bool = True,
     devices: Devices = None,
 ) -> PhaseDiagram:
     r"""Simulate `runs` clouds uniform on $S^{d-1}$ for every $\beta$, in one vmapped solve.
@@ -104,15 +105,18 @@ def phase_diagram(
         starts: given starting clouds `(R, n, d)` on the sphere, used instead of drawing
             them from `key` (then `n`, `d` and `runs` are read from its shape); e.g. the same
             starts in float32 and float64 for a precision study.
+        by_beta: one batched solve per beta, in sequence (default), or one batched solve of
+            every (beta, start) at once (`False`). Members and results are the same.
         devices: split the starts over devices (`particles.devices`: `"all"`, a count, a
             mesh); `None` is the default of `particles.devices.use` (one device outside it).
 
     Cost: members keep their own adaptive step sizes (a member equals the same run done
-    alone, step count included), but the batched loop runs until its slowest member is
-    done, so the work is `B * R * max(num_steps)` field evaluations' worth; the useful
-    fraction is `mean(num_steps) / max(num_steps)` (measured: about 0.65 for SA with
-    $\beta \le 9$, about 0.36 for USA with $\beta \le 3$, whose steps grow like
-    $e^\beta$; there, one solve per beta would do 40% of the work).
+    alone, step count included), but a batched loop runs until its slowest member is done,
+    so the work is `R * max(num_steps)` field evaluations' worth per batch. Batching per
+    beta (`by_beta=True`) lets a batch of low beta stop early instead of waiting for the
+    stiffest beta; the useful fraction is the sum over betas of `mean(num_steps)` over the
+    sum of `max(num_steps)` (`benchmarks/bench_phase_diagram.py` reports both, measured).
+    Each member saves only its minimum inner products at `ts` and its final cloud.
 
     Returns:
         A `PhaseDiagram`; `.probability(eps)` is the `(B, T)` heat map.
@@ -135,6 +139,7 @@ def phase_diagram(
         raise ValueError(f"ts must be a 1-d array of at least two times; got shape {ts.shape}")
     if is_concrete(ts) and not np.all(np.diff(np.asarray(ts)) > 0):
         raise ValueError("ts must be strictly increasing")
+    check_solver(solver, fixed_steps=False, dtype=ts.dtype)
     if starts is None:
         if key is None:
             raise ValueError("phase_diagram needs a PRNG key, or the starting clouds as starts=")
@@ -151,6 +156,7 @@ def phase_diagram(
         rtol=rtol,
         atol=atol,
         max_steps=max_steps,
+        by_beta=bool(by_beta),
     )
     # each device solves every beta for its block of starts (axis 1 of the outputs)
     final, min_inner, steps, result = ensemble(solve, devices, in_axes=(None, None, 0), out_axes=1)(
@@ -174,17 +180,38 @@ def phase_diagram(
 
 
 @eqx.filter_jit
-def _phase_diagram(betas, ts, x0, *, normalization, solver, rtol, atol, max_steps):
+def _phase_diagram(betas, ts, x0, *, normalization, solver, rtol, atol, max_steps, by_beta):
     d = x0.shape[-1]
+    # Saved per step: the (T,) minimum inner products and the final cloud, not the
+    # (T, n, d) trajectory, so a batched step moves and selects T numbers per member where
+    # it moved T n d (the dense output is evaluated at the same times either way).
+    saveat = diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(ts=ts, fn=lambda t, x, args: min_inner_product(x)),
+            diffrax.SubSaveAt(t1=True),
+        ]
+    )
 
     def member(beta, x):
         attention = Attention.identity(d, beta, normalization=normalization)
         flow = AttentionFlow(attention, Sphere())
-        traj = simulate(
-            flow, x, ts, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps, throw=False
+        # the controller and first step of `simulate`: a member is the same run done alone
+        sol, (mins, final) = solve(
+            diffrax.ODETerm(flow),
+            solver,
+            ts,
+            Sphere().check(x, "x0"),
+            controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            saveat=saveat,
+            max_steps=max_steps,
+            throw=False,
+            caller="phase_diagram",
         )
-        code = jnp.where(traj.result == diffrax.RESULTS.successful, 0, 1)
-        return traj.final, over_time(min_inner_product, traj.xs), traj.num_steps, code
+        code = jnp.where(sol.result == diffrax.RESULTS.successful, 0, 1)
+        return final[-1], mins, stats(sol).num_steps, code
 
     over_starts = jax.vmap(member, in_axes=(None, 0))
+    if by_beta:
+        # one batched solve per beta, in sequence: each stops at its own slowest member
+        return jax.lax.map(lambda beta: over_starts(beta, x0), betas)
     return jax.vmap(over_starts, in_axes=(0, None))(betas, x0)
