@@ -125,6 +125,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         if problem is not None:
             raise OSError(problem)
         os.chmod(tmp, file_mode())
+        raise_if_interrupted()
         os.replace(tmp, path)
     except OSError as e:  # name the file meant, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(path)) from None
@@ -142,22 +143,47 @@ def target_name(name: str) -> str:
     return name
 
 
+# Signals that arrived inside `signals_raise`. Python runs a signal handler between any
+# two bytecodes, garbage-collector callbacks included, and an exception raised there is
+# printed as "Exception ignored" and lost (seen: JAX's XLA gc callback); so every handler
+# also records its signal, and `raise_if_interrupted` raises it again before a commit.
+_received: list[int] = []
+_depth = [0]  # nesting of signals_raise blocks: the outermost one owns `_received`
+
+
+def _exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+
 def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
+    _received.append(signum)
+    raise _exception(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raise the first signal received inside `signals_raise` again, in case the exception
+    its handler raised was swallowed (raised inside a garbage-collector callback)."""
+    if _received:
+        raise _exception(_received[0])
 
 
 @contextlib.contextmanager
 def signals_raise() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise `Interrupted` (SIGINT raises
-    `KeyboardInterrupt` as usual), so `finally` clauses clean up. Only the main thread can
-    receive Python signals; elsewhere this does nothing."""
+    """Within the block, SIGTERM and SIGHUP raise `Interrupted` and SIGINT raises
+    `KeyboardInterrupt`, so `finally` clauses clean up; each is also recorded for
+    `raise_if_interrupted`. Only the main thread can receive Python signals; elsewhere this
+    does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if _depth[0] == 0:
+        _received.clear()
+    _depth[0] += 1
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in _CAUGHT:
         handler = signal.getsignal(signum)
-        if handler in (signal.SIG_DFL, None):  # an ignored or custom handler stays
+        # an ignored or custom handler stays
+        if handler in (signal.SIG_DFL, None, signal.default_int_handler):
             previous[signum] = handler
             signal.signal(signum, _raise_interrupted)
     try:
@@ -165,6 +191,9 @@ def signals_raise() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        _depth[0] -= 1
+        if _depth[0] == 0:  # outside every block no signal is pending
+            _received.clear()
 
 
 @contextlib.contextmanager

@@ -265,6 +265,7 @@ def run(
                     raise OSError(None, problem, str(path))
             _files.normalize_modes(tmp)
             check_target(out, overwrite)  # the target may have changed while computing
+            _files.raise_if_interrupted()
             _put_in_place(tmp, out)
         except OSError as e:
             raise RunError(_oserror_message(out, e)) from None

@@ -211,6 +211,42 @@ def test_run_interrupted_at_a_checkpoint_keeps_old_or_new_run(
         _is_new_run(out, seed=2)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("command", ["run", "plot"])
+def test_a_signal_whose_exception_was_swallowed_still_stops_the_commit(
+    tmp_path, old_run, monkeypatch, capsys, command, signum
+):
+    # Python runs a signal handler between any two bytecodes, garbage-collector callbacks
+    # included, where the exception it raises is printed and lost (seen with JAX's XLA gc
+    # callback: the run went on and replaced the old one). Here the handler runs inside
+    # such a swallowing frame just before the files are put in place.
+    out = tmp_path / "run"
+    shutil.copytree(old_run, out)
+    before = _snapshot(out)
+    real = _files.media_problem
+
+    def swallowing(path):
+        try:
+            _files._raise_interrupted(signum, None)
+        except BaseException:
+            pass
+        return real(path)
+
+    monkeypatch.setattr(_files, "media_problem", swallowing)
+    argv = _argv(out, 2, "--overwrite") if command == "run" else ["plot", str(out)]
+    capsys.readouterr()
+    code = main(argv)
+    monkeypatch.undo()
+    assert code == EXIT[signum]
+    line = _only_line(capsys.readouterr().err)
+    assert line == f"sims: interrupted ({signum.name}); no partial files were left behind"
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    _no_leftovers(tmp_path)
+    # outside the command nothing stays pending
+    assert _files._received == []
+
+
 @pytest.mark.parametrize("command, point, at, signum", _cases(REPLAY_POINTS, False))
 def test_replay_interrupted_keeps_every_file(
     tmp_path, old_run, monkeypatch, capsys, command, point, at, signum
