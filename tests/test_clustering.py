@@ -284,6 +284,17 @@ def test_phase_diagram_probabilities(small_diagram):
     np.testing.assert_allclose(err, np.sqrt(prob * (1 - prob) / 24), rtol=1e-6)
 
 
+def test_one_batch_per_beta_equals_one_batch_of_everything(small_diagram):
+    # by_beta only changes how members are batched, never what each member computes
+    pd = small_diagram
+    one = S.phase_diagram(
+        None, pd.betas, pd.ts, starts=pd.x0[:6], solver=diffrax.Tsit5(), by_beta=False
+    )
+    np.testing.assert_allclose(one.min_inner, pd.min_inner[:, :6], atol=1e-12)
+    np.testing.assert_allclose(one.final, pd.final[:, :6], atol=1e-12)
+    np.testing.assert_array_equal(one.num_steps, pd.num_steps[:, :6])
+
+
 def test_ensemble_member_equals_solo_run(small_diagram):
     pd = small_diagram
     b, r = 1, 5

@@ -250,15 +250,14 @@ def test_experiments_name_the_missing_extra(name, tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "x").exists()
 
 
-def test_readme_example_runs():
+def test_guide_example_runs():
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Real transformers", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    page = Path(__file__).resolve().parent.parent / "docs" / "guide" / "real-models.md"
+    code = re.search(r"```python\n(.*?)```", page.read_text(), re.S).group(1)
     scope: dict = {}
     with jax.enable_x64(False):
-        exec(compile(code, "README.md real transformers", "exec"), scope)
+        exec(compile(code, "docs/guide/real-models.md", "exec"), scope)
     n = len(scope["tokens"].strings)
     assert scope["hidden"].shape == (7, n, 384)
     assert scope["probabilities"].shape == (6, 12, n, n)

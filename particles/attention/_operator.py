@@ -120,9 +120,10 @@ class Attention(AbstractAttention):
         kernel: an `AbstractKernel`; default `DotProduct()`, $e^{\beta\langle Qx, Ky\rangle}$.
         normalization: an `AbstractNormalization`; default `Softmax()`.
         causal: token `i` attends only to tokens `j <= i` (GPT-style masking).
-        block_size: queries per block; `None` picks direct evaluation for small clouds and
-            blocks of about $2^{22}/n$ queries otherwise. Blocked and direct evaluation agree
-            to rounding.
+        block_size: queries per tile of the direct sum; `None` takes the tile measured
+            fastest for the number of keys and the precision (a table in
+            `particles/attention/_tiled.py`, from `benchmarks/tune_tiles.py`). Tiled and
+            direct evaluation agree to rounding, derivatives included.
         evaluation: how the sum over keys is computed: `Direct()` (default, $O(n^2)$),
             `Expansion(tol)` (harmonic expansion on $S^1$/$S^2$, $O(n L^2)$, error bounded
             by `error_estimate`) or `Auto(tol)` (the cheaper of the two).
