@@ -198,6 +198,8 @@ def _run(name, out, *flags):
     return main(["run", name, "--quick", "--out", str(out), "--no-animation", *flags])
 
 
+# slow: CI runs every experiment at --quick in its runtime environment as well
+@pytest.mark.slow
 def test_pretrained_flow_quick_network_is_the_flow_with_one_step(tmp_path, capsys):
     # with one Euler step per unit-time flow the "continuous" network is the network itself
     assert _run("pretrained-flow", tmp_path / "one", "--sub-steps", "1") == 0
