@@ -48,6 +48,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _results import commit, save
 
 import particles
 
@@ -329,23 +330,6 @@ def markdown(res):
     return "\n".join(lines)
 
 
-def commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def write_atomic(path: Path, text: str):
-    """A reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
@@ -372,11 +356,7 @@ def main(argv=None):
         print(f"n = {args.memory_n}: memory", file=sys.stderr, flush=True)
         res["memory"] = measure_memory(args.memory_n)
     res["loadavg_end"] = os.getloadavg()
-    table = markdown(res)
-    res["table"] = table
-    print(table)
-    write_atomic(args.out, json.dumps(res, indent=1))
-    write_atomic(args.out.with_suffix(".md"), table + "\n")
+    save(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

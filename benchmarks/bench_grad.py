@@ -35,6 +35,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from _results import commit, save
 
 import particles
 
@@ -161,15 +162,6 @@ def markdown(res):
     return "\n".join(lines)
 
 
-def _commit():
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
@@ -182,7 +174,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     res = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": args.machine,
         "platform": platform.platform(),
         "jax": jax.__version__,
@@ -199,19 +191,7 @@ def main(argv=None):
             print(f"n = {args.memory_n}: memory of {kind}", file=sys.stderr, flush=True)
             res["memory"].append(measure_memory(args.memory_n, args.beta, kind))
     res["loadavg_end"] = os.getloadavg()
-    table = markdown(res)
-    res["table"] = table
-    print(table)
-    _write(args.out, json.dumps(res, indent=1))
-    _write(args.out.with_suffix(".md"), table + "\n")
-
-
-def _write(path: Path, text: str):
-    """Atomic: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    save(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

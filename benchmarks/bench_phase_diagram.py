@@ -53,7 +53,7 @@ import particles
 from particles import studies
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import commit, write_atomic  # noqa: E402
+from _results import commit, write_atomic  # noqa: E402
 
 
 @eqx.filter_jit

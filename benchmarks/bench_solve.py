@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 import particles
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_attention import commit, write_atomic  # noqa: E402
+from _results import commit, save  # noqa: E402
 
 D = 3
 
@@ -191,11 +190,7 @@ def main(argv=None):
         f"{res['scipy']['evaluations']} | 0 | {res['speedup_vs_scipy']:.1f}x / "
         f"{res['speedup_vs_scipy_cpu']:.1f}x |",
     ]
-    table = "\n".join(lines)
-    res["table"] = table
-    print(table)
-    write_atomic(args.out, json.dumps(res, indent=1))
-    write_atomic(args.out.with_suffix(".md"), table + "\n")
+    save(args.out, res, "\n".join(lines))
 
 
 if __name__ == "__main__":

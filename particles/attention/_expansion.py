@@ -215,41 +215,15 @@ class Auto(AbstractEvaluation):
             return Expansion(self.tol, self.order, self.start)
         return Direct()
 
-    def rows(
-        self, kernel, normalization, beta, Q, K, queries, context, logw, values, *, causal, block
-    ):
-        choice = self._choice(Q, queries, context, values, causal, block)
-        return choice.rows(
-            kernel,
-            normalization,
-            beta,
-            Q,
-            K,
-            queries,
-            context,
-            logw,
-            values,
-            causal=causal,
-            block=block,
-        )
+    def rows(self, kernel, normalization, beta, Q, K, queries, context, logw, values, **kw):
+        choice = self._choice(Q, queries, context, values, kw["causal"], kw["block"])
+        args = (kernel, normalization, beta, Q, K, queries, context, logw, values)
+        return choice.rows(*args, **kw)
 
-    def estimate(
-        self, kernel, normalization, beta, Q, K, queries, context, logw, values, *, causal, block
-    ):
-        choice = self._choice(Q, queries, context, values, causal, block)
-        return choice.estimate(
-            kernel,
-            normalization,
-            beta,
-            Q,
-            K,
-            queries,
-            context,
-            logw,
-            values,
-            causal=causal,
-            block=block,
-        )
+    def estimate(self, kernel, normalization, beta, Q, K, queries, context, logw, values, **kw):
+        choice = self._choice(Q, queries, context, values, kw["causal"], kw["block"])
+        args = (kernel, normalization, beta, Q, K, queries, context, logw, values)
+        return choice.estimate(*args, **kw)
 
 
 def _feature_dim(Q) -> int:
