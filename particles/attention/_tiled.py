@@ -32,18 +32,19 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-# Tile sizes (queries per tile) measured on 2026-12-02 (commit dbc6f6c) by
-#     PYTHONPATH=. python benchmarks/tune_tiles.py --dtypes float32 --repeats 3
+# Tile sizes (queries per tile), fastest median CPU time of the sphere softmax field (d = 3,
+# beta = 4) for keys up to each size, on the 2-core AMD EPYC (Zen 4) CPU of the development
+# machine. float32: measured idle (load average < 2) on 2026-12-02 at commit 550bd22 by
+#     PYTHONPATH=. python benchmarks/tune_tiles.py --dtypes float32 --repeats 5
+# (n = 16384: 128 and 64 within 0.5%; the other sizes' best tiles 7-50% ahead).
+# float64: measured at commit dbc6f6c, while the machine was shared (load average 8-14), by
 #     PYTHONPATH=. python benchmarks/tune_tiles.py --dtypes float64 --repeats 3
-# (tiles 32 ... 1024; the direct T = n tried up to 4096; only T <= 256 at 65536) on the
-# 2-core AMD EPYC (Zen 4) CPU of the development machine, shared with other jobs (load
-# average 8-14): the sphere softmax field, d = 3, beta = 4, fastest median CPU time for keys
-# up to each size. Under that load the best tiles were 5-30% ahead of their neighbours;
-# rerun the commands on an idle machine and paste their output here.
+# (tiles 32 ... 1024; the direct T = n tried up to 4096; only T <= 256 at 65536); rerun it
+# on an idle machine and paste its output here.
 TILES: dict[tuple[str, int], int] = {
-    ("float32", 1024): 256,
+    ("float32", 1024): 32,
     ("float32", 4096): 256,
-    ("float32", 16384): 64,
+    ("float32", 16384): 128,
     ("float32", 1 << 62): 32,
     ("float64", 1024): 64,
     ("float64", 4096): 128,
