@@ -49,10 +49,10 @@ def _largest_decrease(rtol: float) -> tuple[float, float]:
 def test_energy_decreases_in_float32_only_by_rounding():
     with jax.enable_x64(False):
         decrease, top = _largest_decrease(1e-6)
-    # README: 2.0e-4, 1.3 beta E eps. A token whose norm is rounded by delta changes E by
-    # about beta E delta, so rounding the stored positions moves E by a few beta E eps
-    # (the exact energy of the float32 states decreases by 1.5e-4 as well: it is the
-    # positions, not the evaluation of E)
+    # README: 6.1e-5, 0.43 beta E eps (2.0e-4 with tiles of 256 queries). A token whose norm
+    # is rounded by delta changes E by about beta E delta, so rounding the stored positions
+    # moves E by up to a few beta E eps (with 256-query tiles the exact energy of the
+    # float32 states decreased by 1.5e-4 as well: the positions, not the evaluation of E)
     assert decrease <= 2 * 9.0 * top * np.finfo(np.float32).eps
 
 
