@@ -3,8 +3,10 @@ tables as JSON and Markdown under `benchmarks/results/`, written atomically."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -33,3 +35,16 @@ def save(out: Path, res: dict, table: str) -> None:
     print(table)
     write_atomic(out, json.dumps(res, indent=1))
     write_atomic(out.with_suffix(".md"), table + "\n")
+
+
+def header(machine: str, **more) -> dict:
+    """The record every result starts with: when, which commit, which machine, the load."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
+        "commit": commit(),
+        "machine": machine,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        **more,
+        "loadavg_start": os.getloadavg(),
+    }

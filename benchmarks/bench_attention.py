@@ -34,10 +34,8 @@ table; `--memory-n` also measures the peak memory of one evaluation in a fresh p
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -48,7 +46,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _results import commit, save
+from _results import header, save
 
 import particles
 
@@ -340,16 +338,7 @@ def main(argv=None):
     parser.add_argument("--machine", default="2-core CPU")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
     args = parser.parse_args(argv)
-    res = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
-        "commit": commit(),
-        "machine": args.machine,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "repeats": args.repeats,
-        "loadavg_start": os.getloadavg(),
-    }
+    res = header(args.machine, jax=jax.__version__, repeats=args.repeats)
     compiled, rounds = run(args.sizes, args.multihead_n, args.repeats)
     res.update(summarize(compiled, rounds))
     if args.memory_n:

@@ -23,10 +23,8 @@ Writes `benchmarks/results/grad.json` and `grad.md` (git-ignored).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -35,7 +33,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from _results import commit, save
+from _results import header, save
 
 import particles
 
@@ -172,16 +170,8 @@ def main(argv=None):
     parser.add_argument("--machine", default="2-core CPU")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/grad.json"))
     args = parser.parse_args(argv)
-    res = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
-        "commit": commit(),
-        "machine": args.machine,
-        "platform": platform.platform(),
-        "jax": jax.__version__,
-        "beta": args.beta,
-        "loadavg_start": os.getloadavg(),
-        "sizes": [],
-    }
+    res = header(args.machine, jax=jax.__version__, beta=args.beta)
+    res["sizes"] = []
     for n in args.sizes:
         print(f"n = {n}: timing", file=sys.stderr, flush=True)
         res["sizes"].append(time_derivatives(n, args.beta, args.repeats))
