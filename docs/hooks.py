@@ -90,6 +90,16 @@ def _add(files, config, uri: str, path: Path | None = None, content: str | None 
         files.append(File.generated(config, uri, content=content))
 
 
+def _native_kernel():
+    """A manager of the `python3` kernel of the interpreter running the build (this
+    environment, with the project installed), whatever kernelspecs the machine has."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    specs = KernelSpecManager(kernel_dirs=[], ensure_native_kernel=True)
+    return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
+
+
 def _execute(path: Path, out: Path) -> tuple[str, dict[str, bytes]]:
     """Run notebook `path` at small size from a scratch folder; its Markdown and outputs."""
     import jupytext
@@ -114,8 +124,8 @@ def _execute(path: Path, out: Path) -> tuple[str, dict[str, bytes]]:
     try:
         client = NotebookClient(
             notebook,
+            km=_native_kernel(),
             timeout=600,
-            kernel_name="python3",
             resources={"metadata": {"path": str(scratch)}},
         )
         client.execute()
